@@ -1,0 +1,1 @@
+//! Criterion benchmarks for `context-local` (see `benches/`).

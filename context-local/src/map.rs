@@ -1,0 +1,330 @@
+//! The storage behind a context.
+//!
+//! [`SharedMap`] is a persistent radix trie over slot numbers: a snapshot is
+//! one reference-count increment, and the first write after a snapshot copies
+//! only the nodes on the path to the slot (at most 16 entries a level), never
+//! the whole map. Nodes are sparse (a bitmap and the children present), so a
+//! context with one value costs one small node.
+//!
+//! [`SlotVec`] is a plain vector of owned slots, for values that are never
+//! shared between contexts.
+
+use std::sync::Arc;
+
+use crate::slot::SharedValue;
+
+const BITS: u32 = 4;
+const WIDTH: usize = 1 << BITS;
+const MASK: usize = WIDTH - 1;
+
+type Value = Arc<dyn SharedValue>;
+
+#[derive(Clone)]
+enum Child {
+    Node(Arc<Node>),
+    Value(Value),
+}
+
+/// One trie node: a bitmap of the children present, and those children in
+/// index order.
+#[derive(Clone, Default)]
+struct Node {
+    bitmap: u16,
+    children: Vec<Child>,
+}
+
+impl Node {
+    #[inline]
+    fn position(&self, digit: usize) -> Result<usize, usize> {
+        let bit = 1u16 << digit;
+        let below = (self.bitmap & (bit - 1)).count_ones() as usize;
+        if self.bitmap & bit == 0 {
+            Err(below)
+        } else {
+            Ok(below)
+        }
+    }
+
+    #[inline]
+    fn child(&self, digit: usize) -> Option<&Child> {
+        self.position(digit).ok().map(|at| &self.children[at])
+    }
+
+    fn insert_child(&mut self, digit: usize, at: usize, child: Child) {
+        self.bitmap |= 1 << digit;
+        self.children.insert(at, child);
+    }
+
+    fn remove_child(&mut self, digit: usize, at: usize) -> Child {
+        self.bitmap &= !(1 << digit);
+        self.children.remove(at)
+    }
+}
+
+/// A persistent map from slot numbers to shared values.
+#[derive(Clone, Default)]
+pub(crate) struct SharedMap {
+    root: Option<Arc<Node>>,
+    /// Levels of inner nodes above the leaves: the map covers slots below
+    /// `16^(height + 1)`.
+    height: u32,
+}
+
+impl SharedMap {
+    pub(crate) const fn new() -> SharedMap {
+        SharedMap { root: None, height: 0 }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.root.is_none()
+    }
+
+    fn covers(&self, index: usize) -> bool {
+        let bits = BITS * (self.height + 1);
+        bits >= usize::BITS || index >> bits == 0
+    }
+
+    /// The value in slot `index`, if any.
+    #[inline]
+    pub(crate) fn get(&self, index: usize) -> Option<&Value> {
+        let mut node = self.root.as_deref()?;
+        if !self.covers(index) {
+            return None;
+        }
+        let mut shift = BITS * self.height;
+        loop {
+            match node.child((index >> shift) & MASK)? {
+                Child::Value(value) => return Some(value),
+                Child::Node(next) => {
+                    node = next;
+                    shift -= BITS;
+                }
+            }
+        }
+    }
+
+    /// Stores `value` in slot `index`, returning what was there.
+    pub(crate) fn insert(&mut self, index: usize, value: Value) -> Option<Value> {
+        while !self.covers(index) && self.root.is_some() {
+            self.grow();
+        }
+        if self.root.is_none() {
+            while !self.covers(index) {
+                self.height += 1;
+            }
+        }
+        let root = self.root.get_or_insert_with(Arc::default);
+        insert_at(Arc::make_mut(root), BITS * self.height, index, value)
+    }
+
+    /// Empties slot `index`, returning what was there. Copies nothing when the
+    /// slot is already empty.
+    pub(crate) fn remove(&mut self, index: usize) -> Option<Value> {
+        self.get(index)?;
+        let root = self.root.as_mut()?;
+        let removed = remove_at(Arc::make_mut(root), BITS * self.height, index);
+        if root.children.is_empty() {
+            self.root = None;
+            self.height = 0;
+        }
+        removed
+    }
+
+    /// Every stored slot and value, in slot order.
+    pub(crate) fn entries(&self) -> Vec<(usize, Value)> {
+        let mut out = Vec::new();
+        if let Some(root) = &self.root {
+            collect(root, BITS * self.height, 0, &mut out);
+        }
+        out
+    }
+
+    /// Whether `self` and `other` are the same snapshot (no write since).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn same_as(&self, other: &SharedMap) -> bool {
+        match (&self.root, &other.root) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b) && self.height == other.height,
+            (None, None) => true,
+            _ => false,
+        }
+    }
+
+    fn grow(&mut self) {
+        let old = self.root.take().expect("grow is only called on a non-empty map");
+        let mut root = Node::default();
+        root.insert_child(0, 0, Child::Node(old));
+        self.root = Some(Arc::new(root));
+        self.height += 1;
+    }
+}
+
+fn insert_at(node: &mut Node, shift: u32, index: usize, value: Value) -> Option<Value> {
+    let digit = (index >> shift) & MASK;
+    match (node.position(digit), shift) {
+        (Ok(at), 0) => match &mut node.children[at] {
+            Child::Value(old) => Some(std::mem::replace(old, value)),
+            Child::Node(_) => unreachable!("leaves hold values"),
+        },
+        (Err(at), 0) => {
+            node.insert_child(digit, at, Child::Value(value));
+            None
+        }
+        (Ok(at), _) => match &mut node.children[at] {
+            Child::Node(next) => insert_at(Arc::make_mut(next), shift - BITS, index, value),
+            Child::Value(_) => unreachable!("inner nodes hold nodes"),
+        },
+        (Err(at), _) => {
+            let mut next = Node::default();
+            insert_at(&mut next, shift - BITS, index, value);
+            node.insert_child(digit, at, Child::Node(Arc::new(next)));
+            None
+        }
+    }
+}
+
+fn remove_at(node: &mut Node, shift: u32, index: usize) -> Option<Value> {
+    let digit = (index >> shift) & MASK;
+    let at = node.position(digit).ok()?;
+    if shift == 0 {
+        return match node.remove_child(digit, at) {
+            Child::Value(value) => Some(value),
+            Child::Node(_) => unreachable!("leaves hold values"),
+        };
+    }
+    let Child::Node(next) = &mut node.children[at] else {
+        unreachable!("inner nodes hold nodes")
+    };
+    let next = Arc::make_mut(next);
+    let removed = remove_at(next, shift - BITS, index);
+    if next.children.is_empty() {
+        node.remove_child(digit, at);
+    }
+    removed
+}
+
+fn collect(node: &Node, shift: u32, base: usize, out: &mut Vec<(usize, Value)>) {
+    let mut children = node.children.iter();
+    for digit in 0..WIDTH {
+        if node.bitmap & (1 << digit) == 0 {
+            continue;
+        }
+        let index = base | (digit << shift);
+        match children.next().expect("one child per bit") {
+            Child::Value(value) => out.push((index, value.clone())),
+            Child::Node(next) => collect(next, shift - BITS, index, out),
+        }
+    }
+}
+
+/// Owned slots indexed by slot number; `B` is the box type kept.
+pub(crate) struct SlotVec<B> {
+    slots: Vec<Option<B>>,
+}
+
+impl<B> SlotVec<B> {
+    pub(crate) const fn new() -> SlotVec<B> {
+        SlotVec { slots: Vec::new() }
+    }
+
+    #[inline]
+    pub(crate) fn get(&self, index: usize) -> Option<&B> {
+        self.slots.get(index)?.as_ref()
+    }
+
+    pub(crate) fn insert(&mut self, index: usize, value: B) -> Option<B> {
+        if index >= self.slots.len() {
+            self.slots.resize_with(index + 1, || None);
+        }
+        self.slots[index].replace(value)
+    }
+
+    pub(crate) fn remove(&mut self, index: usize) -> Option<B> {
+        self.slots.get_mut(index)?.take()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.slots.iter().all(Option::is_none)
+    }
+
+    /// Takes every value out, leaving the vector empty.
+    pub(crate) fn drain(&mut self) -> impl Iterator<Item = (usize, B)> {
+        std::mem::take(&mut self.slots)
+            .into_iter()
+            .enumerate()
+            .filter_map(|(index, slot)| slot.map(|value| (index, value)))
+    }
+}
+
+impl<B> Default for SlotVec<B> {
+    fn default() -> Self {
+        SlotVec::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(n: u64) -> Value {
+        Arc::new(n)
+    }
+
+    fn read(map: &SharedMap, index: usize) -> Option<u64> {
+        map.get(index).map(|v| *(&**v as &dyn std::any::Any).downcast_ref::<u64>().unwrap())
+    }
+
+    #[test]
+    fn stores_and_finds_across_levels() {
+        let mut map = SharedMap::new();
+        let indices = [0usize, 1, 15, 16, 17, 255, 256, 4095, 4096, 70_000];
+        for &i in &indices {
+            assert!(map.insert(i, value(i as u64)).is_none());
+        }
+        for &i in &indices {
+            assert_eq!(read(&map, i), Some(i as u64));
+        }
+        assert_eq!(read(&map, 2), None);
+        assert_eq!(read(&map, 1 << 40), None);
+        let listed: Vec<usize> = map.entries().into_iter().map(|(i, _)| i).collect();
+        assert_eq!(listed, indices);
+    }
+
+    #[test]
+    fn snapshot_is_independent_of_later_writes() {
+        let mut map = SharedMap::new();
+        for i in 0..64 {
+            map.insert(i, value(i as u64));
+        }
+        let snapshot = map.clone();
+        assert!(snapshot.same_as(&map));
+        map.insert(5, value(500));
+        map.remove(6);
+        assert!(!snapshot.same_as(&map));
+        assert_eq!(read(&snapshot, 5), Some(5));
+        assert_eq!(read(&snapshot, 6), Some(6));
+        assert_eq!(read(&map, 5), Some(500));
+        assert_eq!(read(&map, 6), None);
+    }
+
+    #[test]
+    fn removing_everything_empties_the_map() {
+        let mut map = SharedMap::new();
+        map.insert(300, value(1));
+        map.insert(3, value(2));
+        assert_eq!(map.remove(300).is_some(), true);
+        assert_eq!(map.remove(300).is_none(), true);
+        assert!(map.remove(3).is_some());
+        assert!(map.is_empty());
+    }
+
+    #[test]
+    fn slot_vec_round_trip() {
+        let mut slots: SlotVec<Box<u8>> = SlotVec::new();
+        assert!(slots.insert(3, Box::new(3)).is_none());
+        assert_eq!(slots.insert(3, Box::new(4)).map(|b| *b), Some(3));
+        assert_eq!(slots.get(3).map(|b| **b), Some(4));
+        assert!(slots.get(9).is_none());
+        assert_eq!(slots.drain().map(|(i, b)| (i, *b)).collect::<Vec<_>>(), vec![(3, 4)]);
+        assert!(slots.is_empty());
+    }
+}

@@ -1,0 +1,155 @@
+//! Slot numbers and type-erased values.
+//!
+//! Every field (and every struct's "initialised" marker) gets a slot number
+//! once, the first time it is used, from one counter per [`Space`]. The number
+//! indexes the storage directly, so an access never hashes.
+
+use std::any::Any;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// Where a slot's values live.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Space {
+    /// Task scope, inherited: the context's persistent map, shared by snapshots.
+    Shared,
+    /// Task scope, not inherited: owned by one context, absent from snapshots.
+    Local,
+    /// Thread scope: owned by the OS thread, ignores contexts.
+    Thread,
+}
+
+static COUNTERS: [AtomicUsize; 3] = [AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0)];
+
+const UNASSIGNED: usize = usize::MAX;
+
+/// A slot number assigned lazily, once, from its space's counter.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct SlotCell {
+    space: Space,
+    index: AtomicUsize,
+}
+
+impl SlotCell {
+    /// A cell whose number is drawn on first use.
+    pub const fn new(space: Space) -> SlotCell {
+        SlotCell { space, index: AtomicUsize::new(UNASSIGNED) }
+    }
+
+    /// The space the slot belongs to.
+    pub(crate) fn space(&self) -> Space {
+        self.space
+    }
+
+    /// The slot's location, assigning its number if this is the first use.
+    #[inline]
+    pub(crate) fn loc(&self) -> Loc {
+        let index = self.index.load(Ordering::Relaxed);
+        let index = if index == UNASSIGNED { self.assign() } else { index };
+        Loc { space: self.space, index }
+    }
+
+    #[cold]
+    fn assign(&self) -> usize {
+        let fresh = COUNTERS[self.space as usize].fetch_add(1, Ordering::Relaxed);
+        // Two threads may race to assign: the first store wins and the loser's
+        // number stays unused, so every thread agrees on one number.
+        match self.index.compare_exchange(UNASSIGNED, fresh, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => fresh,
+            Err(winner) => winner,
+        }
+    }
+}
+
+/// A slot: its space and its number in that space.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Loc {
+    pub(crate) space: Space,
+    pub(crate) index: usize,
+}
+
+/// A value that may be shared between snapshots: copy-on-write needs `Clone`.
+pub(crate) trait SharedValue: Any + Send + Sync {
+    /// A fresh, unshared copy of the value.
+    fn clone_arc(&self) -> Arc<dyn SharedValue>;
+    /// The value boxed on its own, for moving it out.
+    fn into_boxed(self: Arc<Self>) -> Box<dyn Any + Send>;
+}
+
+impl<T: Clone + Send + Sync + 'static> SharedValue for T {
+    fn clone_arc(&self) -> Arc<dyn SharedValue> {
+        Arc::new(self.clone())
+    }
+
+    fn into_boxed(self: Arc<Self>) -> Box<dyn Any + Send> {
+        Box::new(Arc::unwrap_or_clone(self))
+    }
+}
+
+/// A type-erased stored value, in the form its space keeps.
+#[doc(hidden)]
+pub enum Stored {
+    /// In the shared map.
+    Shared(Arc<dyn SharedValue>),
+    /// In a context's own (not inherited) slots.
+    Local(Box<dyn Any + Send>),
+    /// In the thread's slots.
+    Thread(Box<dyn Any>),
+}
+
+impl Stored {
+    /// The value, for reading.
+    #[inline]
+    pub(crate) fn as_any(&self) -> &dyn Any {
+        match self {
+            Stored::Shared(arc) => &**arc as &dyn Any,
+            Stored::Local(boxed) => &**boxed as &dyn Any,
+            Stored::Thread(boxed) => &**boxed,
+        }
+    }
+
+    /// The value, for writing in place; a shared value is copied first if a
+    /// snapshot still holds it.
+    pub(crate) fn as_any_mut(&mut self) -> &mut dyn Any {
+        match self {
+            Stored::Shared(arc) => {
+                if Arc::get_mut(arc).is_none() {
+                    *arc = arc.clone_arc();
+                }
+                let unique = Arc::get_mut(arc).expect("a fresh copy is unshared");
+                unique as &mut dyn Any
+            }
+            Stored::Local(boxed) => &mut **boxed as &mut dyn Any,
+            Stored::Thread(boxed) => &mut **boxed,
+        }
+    }
+
+    /// Moves the value out as `T`.
+    ///
+    /// The slot number proves the type, so a mismatch is a bug in this crate.
+    pub(crate) fn into_value<T: 'static>(self) -> T {
+        let boxed: Box<dyn Any> = match self {
+            Stored::Shared(arc) => arc.into_boxed(),
+            Stored::Local(boxed) => boxed,
+            Stored::Thread(boxed) => boxed,
+        };
+        *boxed.downcast::<T>().unwrap_or_else(|_| type_mismatch())
+    }
+}
+
+/// The marker stored in a struct's init slot once `init` has run.
+pub(crate) fn init_marker(space: Space) -> Stored {
+    match space {
+        Space::Shared => Stored::Shared(Arc::new(())),
+        Space::Local => Stored::Local(Box::new(())),
+        Space::Thread => Stored::Thread(Box::new(())),
+    }
+}
+
+#[cold]
+pub(crate) fn type_mismatch() -> ! {
+    unreachable!("context-local: a slot held a value of another type (a bug in context-local)")
+}

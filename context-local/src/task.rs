@@ -1,0 +1,206 @@
+//! tokio helpers that carry the caller's context into spawned tasks and
+//! blocking calls.
+//!
+//! A task spawned with plain `tokio::spawn` runs with no context: task-scoped
+//! access there is [`AccessError::Unscoped`](crate::AccessError::Unscoped), so
+//! values never leak between tasks that share a worker thread. Spawn with
+//! these functions (or wrap the future with
+//! [`FutureExt`](crate::FutureExt)) to give a task a context.
+
+#[cfg(feature = "tokio")]
+pub use self::with_tokio::*;
+
+/// Whether a tokio task is running on this thread right now.
+#[cfg(feature = "tokio")]
+#[inline]
+pub(crate) fn in_runtime_task() -> bool {
+    tokio::task::try_id().is_some()
+}
+
+/// Without tokio, no task can run unscoped.
+#[cfg(not(feature = "tokio"))]
+#[inline]
+pub(crate) fn in_runtime_task() -> bool {
+    false
+}
+
+#[cfg(feature = "tokio")]
+mod with_tokio {
+    use std::future::Future;
+    use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+
+    use tokio::task::JoinHandle;
+
+    use crate::context::Context;
+    use crate::future::FutureExt;
+    use crate::state::with_state_raw;
+
+    /// [`tokio::spawn`], with the child in an O(1) snapshot of the caller's
+    /// context.
+    ///
+    /// # Panics
+    ///
+    /// As [`tokio::spawn`]: outside a tokio runtime.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use context_local::ContextLocal;
+    ///
+    /// #[derive(ContextLocal)]
+    /// struct Request {
+    ///     id: u64,
+    /// }
+    ///
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// Request::id().set(21);
+    /// let child = context_local::task::spawn(async { Request::id().get() });
+    /// assert_eq!(child.await.unwrap(), Some(21));
+    /// # });
+    /// ```
+    #[track_caller]
+    pub fn spawn<F>(future: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        tokio::spawn(future.in_current_context())
+    }
+
+    /// [`tokio::task::spawn_local`], with the child in an O(1) snapshot of the
+    /// caller's context.
+    ///
+    /// # Panics
+    ///
+    /// As [`tokio::task::spawn_local`]: outside a `LocalSet`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use context_local::ContextLocal;
+    ///
+    /// #[derive(ContextLocal)]
+    /// struct Request {
+    ///     id: u64,
+    /// }
+    ///
+    /// let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    /// let local = tokio::task::LocalSet::new();
+    /// local.block_on(&rt, async {
+    ///     Request::id().set(4);
+    ///     let seen = context_local::task::spawn_local(async { Request::id().get() });
+    ///     assert_eq!(seen.await.unwrap(), Some(4));
+    /// });
+    /// ```
+    #[track_caller]
+    pub fn spawn_local<F>(future: F) -> JoinHandle<F::Output>
+    where
+        F: Future + 'static,
+        F::Output: 'static,
+    {
+        tokio::task::spawn_local(future.in_current_context())
+    }
+
+    /// [`tokio::task::spawn_blocking`], with `f` in an O(1) snapshot of the
+    /// caller's context. Nothing `f` writes comes back.
+    ///
+    /// # Panics
+    ///
+    /// As [`tokio::task::spawn_blocking`]: outside a tokio runtime.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use context_local::ContextLocal;
+    ///
+    /// #[derive(ContextLocal)]
+    /// struct Request {
+    ///     id: u64,
+    /// }
+    ///
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// Request::id().set(8);
+    /// let seen = context_local::task::spawn_blocking(|| {
+    ///     Request::id().set(0);
+    ///     Request::id().get()
+    /// });
+    /// assert_eq!(seen.await.unwrap(), Some(0));
+    /// assert_eq!(Request::id().get(), Some(8));
+    /// # });
+    /// ```
+    #[track_caller]
+    pub fn spawn_blocking<F, R>(f: F) -> JoinHandle<R>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let mut context = Context::current();
+        tokio::task::spawn_blocking(move || context.run(f))
+    }
+
+    /// Runs `f` on tokio's blocking pool, seeing the caller's values, and
+    /// writes what `f` changed back into the caller's context when the future
+    /// completes (asgiref's `sync_to_async`).
+    ///
+    /// `f` starts in a snapshot of the caller's context (taken when the future
+    /// is first polled). On completion, every inherited field `f` set or
+    /// deleted, every `no_inherit` field it set and every `init` it ran are
+    /// applied to the caller's context; other fields the caller changed
+    /// meanwhile (in a `join!` branch, say) are kept. If `f` panics, what it
+    /// wrote before the panic is written back and the panic resumes in the
+    /// caller.
+    ///
+    /// # Panics
+    ///
+    /// Resumes `f`'s panic; panics if the runtime shuts down before `f` ran,
+    /// or outside a tokio runtime.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use context_local::ContextLocal;
+    ///
+    /// #[derive(ContextLocal)]
+    /// struct Request {
+    ///     id: u64,
+    ///     rows: u64,
+    /// }
+    ///
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// Request::id().set(3);
+    /// let id = context_local::task::run_blocking(|| {
+    ///     Request::rows().set(10);
+    ///     Request::id().get()
+    /// })
+    /// .await;
+    /// assert_eq!(id, Some(3));
+    /// assert_eq!(Request::rows().get(), Some(10)); // written back
+    /// # });
+    /// ```
+    pub fn run_blocking<F, R>(f: F) -> impl Future<Output = R>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        async move {
+            let start = Context::current();
+            let base = start.shared.clone();
+            let mut context = start;
+            let handle = tokio::task::spawn_blocking(move || {
+                let outcome = catch_unwind(AssertUnwindSafe(|| context.run(f)));
+                (context, outcome)
+            });
+            let (after, outcome) = match handle.await {
+                Ok(done) => done,
+                Err(error) if error.is_panic() => resume_unwind(error.into_panic()),
+                Err(_) => panic!("the tokio runtime shut down before `run_blocking`'s closure ran"),
+            };
+            let displaced = with_state_raw(|state| state.current.apply_changes(&base, after));
+            drop(displaced);
+            match outcome {
+                Ok(value) => value,
+                Err(panic) => resume_unwind(panic),
+            }
+        }
+    }
+}

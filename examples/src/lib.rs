@@ -1,0 +1,1 @@
+//! Runnable examples for `context-local` (see `examples/`).
