@@ -79,10 +79,14 @@ impl<F> InContext<F> {
     /// The context back, with whatever the future wrote into it. A future that
     /// has not finished is dropped first, with its context installed.
     ///
+    /// This takes the wrapper by value, so the inner future must be `Unpin` to
+    /// have been polled in place (box it with `Box::pin` first); for a pinned
+    /// wrapper use [`take_context`](InContext::take_context).
+    ///
     /// # Examples
     ///
     /// ```
-    /// use context_local::{Context, ContextLocal, FutureExt};
+    /// use context_local::{ContextLocal, FutureExt};
     ///
     /// #[derive(ContextLocal)]
     /// struct Request {
@@ -90,12 +94,11 @@ impl<F> InContext<F> {
     /// }
     ///
     /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-    /// let mut fut = Box::pin(async { Request::id().set(11) }.in_new_context());
+    /// let mut fut = Box::pin(async { Request::id().set(11) }).in_new_context();
     /// (&mut fut).await;
-    /// let mut ctx = Pin::into_inner(fut).into_context();
+    /// let mut ctx = fut.into_context();
     /// assert_eq!(ctx.run(|| Request::id().get()), Some(11));
     /// # });
-    /// # use std::pin::Pin;
     /// ```
     pub fn into_context(mut self) -> Context {
         if self.future.is_some() {
@@ -103,6 +106,37 @@ impl<F> InContext<F> {
             self.future = None;
         }
         std::mem::take(&mut self.context)
+    }
+
+    /// Like [`into_context`](InContext::into_context), for a pinned wrapper:
+    /// drops the inner future (inside its context) if it is still there and
+    /// takes the context out, leaving an empty one. Polling afterwards panics.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use context_local::{ContextLocal, FutureExt};
+    ///
+    /// #[derive(ContextLocal)]
+    /// struct Request {
+    ///     id: u64,
+    /// }
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let fut = async { Request::id().set(12) }.in_new_context();
+    /// let mut fut = std::pin::pin!(fut);
+    /// fut.as_mut().await;
+    /// let mut ctx = fut.take_context();
+    /// assert_eq!(ctx.run(|| Request::id().get()), Some(12));
+    /// # });
+    /// ```
+    pub fn take_context(self: Pin<&mut Self>) -> Context {
+        let mut this = self.project();
+        if this.future.is_some() {
+            let _installed = Installed::new(this.context);
+            this.future.set(None);
+        }
+        std::mem::take(this.context)
     }
 }
 

@@ -117,7 +117,10 @@ impl Stored {
         match self {
             Stored::Shared(arc) => {
                 if Arc::get_mut(arc).is_none() {
-                    *arc = arc.clone_arc();
+                    // Fully qualified: `Arc<dyn SharedValue>` is itself a
+                    // `SharedValue` (it is `Clone + Send + Sync`), and method
+                    // syntax would clone the `Arc`, not the value.
+                    *arc = <dyn SharedValue as SharedValue>::clone_arc(&**arc);
                 }
                 let unique = Arc::get_mut(arc).expect("a fresh copy is unshared");
                 unique as &mut dyn Any
@@ -132,7 +135,7 @@ impl Stored {
     /// The slot number proves the type, so a mismatch is a bug in this crate.
     pub(crate) fn into_value<T: 'static>(self) -> T {
         let boxed: Box<dyn Any> = match self {
-            Stored::Shared(arc) => arc.into_boxed(),
+            Stored::Shared(arc) => <dyn SharedValue as SharedValue>::into_boxed(arc),
             Stored::Local(boxed) => boxed,
             Stored::Thread(boxed) => boxed,
         };
