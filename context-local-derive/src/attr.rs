@@ -107,11 +107,15 @@ pub fn struct_attrs(attrs: &[Attribute], errors: &mut Errors) -> StructAttrs {
                     set_once(&mut out.krate, path, &meta, errors);
                 }
                 "default" | "no_inherit" | "rename" => {
-                    errors.push(meta.error(format!("`{key}` is a field attribute; put it on a field, not on the struct")));
+                    errors.push(
+                        meta.error(format!("`{key}` is a field attribute; put it on a field, not on the struct")),
+                    );
                     skip_value(&meta)?;
                 }
                 _ => {
-                    errors.push(meta.error(format!("unknown context_local attribute `{key}`; expected one of: {STRUCT_KEYS}")));
+                    errors.push(
+                        meta.error(format!("unknown context_local attribute `{key}`; expected one of: {STRUCT_KEYS}")),
+                    );
                     skip_value(&meta)?;
                 }
             }
@@ -149,7 +153,9 @@ pub fn field_attrs(attrs: &[Attribute], errors: &mut Errors) -> FieldAttrs {
                     }
                 }
                 "scope" | "init" | "inherit" | "crate" => {
-                    errors.push(meta.error(format!("`{key}` is a struct attribute; put it on the struct, not on a field")));
+                    errors.push(
+                        meta.error(format!("`{key}` is a struct attribute; put it on the struct, not on a field")),
+                    );
                     skip_value(&meta)?;
                 }
                 _ => {

@@ -191,9 +191,7 @@ fn remove_at(node: &mut Node, shift: u32, index: usize) -> Option<Value> {
             Child::Node(_) => unreachable!("leaves hold values"),
         };
     }
-    let Child::Node(next) = &mut node.children[at] else {
-        unreachable!("inner nodes hold nodes")
-    };
+    let Child::Node(next) = &mut node.children[at] else { unreachable!("inner nodes hold nodes") };
     let next = Arc::make_mut(next);
     let removed = remove_at(next, shift - BITS, index);
     if next.children.is_empty() {
@@ -311,8 +309,8 @@ mod tests {
         let mut map = SharedMap::new();
         map.insert(300, value(1));
         map.insert(3, value(2));
-        assert_eq!(map.remove(300).is_some(), true);
-        assert_eq!(map.remove(300).is_none(), true);
+        assert!(map.remove(300).is_some());
+        assert!(map.remove(300).is_none());
         assert!(map.remove(3).is_some());
         assert!(map.is_empty());
     }

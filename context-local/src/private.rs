@@ -41,10 +41,7 @@ impl StructDesc {
     /// The marker slot, for structs that have an `init`.
     #[inline]
     pub(crate) fn init_loc(&self) -> Option<Loc> {
-        match self.init {
-            Some(_) => Some(self.init_slot.loc()),
-            None => None,
-        }
+        self.init.map(|_| self.init_slot.loc())
     }
 
     pub(crate) fn marker(&self) -> Option<(Loc, Stored)> {

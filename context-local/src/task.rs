@@ -177,30 +177,27 @@ mod with_tokio {
     /// assert_eq!(Request::rows().get(), Some(10)); // written back
     /// # });
     /// ```
-    pub fn run_blocking<F, R>(f: F) -> impl Future<Output = R>
+    pub async fn run_blocking<F, R>(f: F) -> R
     where
         F: FnOnce() -> R + Send + 'static,
         R: Send + 'static,
     {
-        async move {
-            let start = Context::current();
-            let base = start.shared.clone();
-            let mut context = start;
-            let handle = tokio::task::spawn_blocking(move || {
-                let outcome = catch_unwind(AssertUnwindSafe(|| context.run(f)));
-                (context, outcome)
-            });
-            let (after, outcome) = match handle.await {
-                Ok(done) => done,
-                Err(error) if error.is_panic() => resume_unwind(error.into_panic()),
-                Err(_) => panic!("the tokio runtime shut down before `run_blocking`'s closure ran"),
-            };
-            let displaced = with_state_raw(|state| state.current.apply_changes(&base, after));
-            drop(displaced);
-            match outcome {
-                Ok(value) => value,
-                Err(panic) => resume_unwind(panic),
-            }
+        let mut context = Context::current();
+        let base = context.shared.clone();
+        let handle = tokio::task::spawn_blocking(move || {
+            let outcome = catch_unwind(AssertUnwindSafe(|| context.run(f)));
+            (context, outcome)
+        });
+        let (after, outcome) = match handle.await {
+            Ok(done) => done,
+            Err(error) if error.is_panic() => resume_unwind(error.into_panic()),
+            Err(_) => panic!("the tokio runtime shut down before `run_blocking`'s closure ran"),
+        };
+        let displaced = with_state_raw(|state| state.current.apply_changes(&base, after));
+        drop(displaced);
+        match outcome {
+            Ok(value) => value,
+            Err(panic) => resume_unwind(panic),
         }
     }
 }

@@ -93,7 +93,8 @@ struct Connection {
 static CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
 
 async fn query(_sql: &str) -> usize {
-    let conn = Db::connection().get_or_insert_with(|| Arc::new(Connection { id: CONNECTIONS.fetch_add(1, Ordering::SeqCst) }));
+    let conn =
+        Db::connection().get_or_insert_with(|| Arc::new(Connection { id: CONNECTIONS.fetch_add(1, Ordering::SeqCst) }));
     tokio::time::sleep(Duration::from_millis(2)).await;
     conn.id
 }
@@ -177,7 +178,11 @@ async fn middleware_sets_context_for_the_app() {
     }
     async fn business_app() -> String {
         tokio::time::sleep(Duration::from_millis(3)).await;
-        format!("Processed by request {} for {}", Tracking::request_id().get().unwrap(), Tracking::path().get().unwrap())
+        format!(
+            "Processed by request {} for {}",
+            Tracking::request_id().get().unwrap(),
+            Tracking::path().get().unwrap()
+        )
     }
     async fn middleware(id: u64, path: &'static str) -> (String, Option<u64>) {
         Tracking::request_id().set(id);
@@ -185,7 +190,8 @@ async fn middleware_sets_context_for_the_app() {
         let body = business_app().await;
         (body, Tracking::request_id().get())
     }
-    let handles: Vec<_> = (0..20).map(|i| context_local::task::spawn(middleware(i, "/users").in_new_context())).collect();
+    let handles: Vec<_> =
+        (0..20).map(|i| context_local::task::spawn(middleware(i, "/users").in_new_context())).collect();
     for (i, handle) in handles.into_iter().enumerate() {
         let (body, after) = handle.await.unwrap();
         assert_eq!(body, format!("Processed by request {i} for /users"));

@@ -36,7 +36,10 @@ fn init_may_use_other_structs_but_not_its_own() {
     Context::new().run(|| {
         Other::value().set(5);
         assert_eq!(Initialised::from_other().get(), Some(Some(5)));
-        assert_eq!(Initialised::own_read().get(), Some(Some(AccessError::Reentrant { field: "Initialised::own_read" })));
+        assert_eq!(
+            Initialised::own_read().get(),
+            Some(Some(AccessError::Reentrant { field: "Initialised::own_read" }))
+        );
     });
 }
 
@@ -99,7 +102,10 @@ fn with_allows_reads_of_the_same_field_but_not_writes() {
             assert_eq!(Numbers::list().get(), Some(vec![4]));
             assert_eq!(Numbers::list().with(|again| again.len()), Some(1));
             assert!(Numbers::list().is_set());
-            assert_eq!(Numbers::list().try_update(|l| l.clear()), Err(AccessError::Reentrant { field: "Numbers::list" }));
+            assert_eq!(
+                Numbers::list().try_update(|l| l.clear()),
+                Err(AccessError::Reentrant { field: "Numbers::list" })
+            );
             Numbers::total().set(1);
             list.len()
         });
@@ -253,7 +259,7 @@ fn accesses_during_thread_exit_are_destroyed_not_aborts() {
     let seen = seen.lock().unwrap();
     assert_eq!(seen.len(), 2, "both destructors ran: {seen:?}");
     assert!(
-        seen.iter().any(|r| *r == Err(AccessError::Destroyed { field: "Teardown::flag" })),
+        seen.contains(&Err(AccessError::Destroyed { field: "Teardown::flag" })),
         "the value dropped with the storage sees Destroyed: {seen:?}"
     );
     assert!(seen.iter().all(|r| matches!(r, Ok(3) | Err(AccessError::Destroyed { .. }))), "{seen:?}");

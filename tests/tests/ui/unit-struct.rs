@@ -1,0 +1,6 @@
+use context_local::ContextLocal;
+
+#[derive(ContextLocal)]
+struct Marker;
+
+fn main() {}
