@@ -50,7 +50,7 @@ async fn render() -> String {
 async fn handle(id: usize) -> (String, String, String, String, Vec<&'static str>) {
     let request = RequestContext {
         request_id: format!("req-{id:02}"),
-        user: (id % 3 != 0).then_some(id as u64),
+        user: (!id.is_multiple_of(3)).then_some(id as u64),
         trail: Vec::new(),
     };
     request
