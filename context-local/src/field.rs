@@ -762,14 +762,19 @@ struct Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        let Some(value) = self.value.take() else { return };
-        let loc = self.loc;
-        let displaced = with_state_raw(|state| {
-            state.pop_busy();
-            state.insert(loc, value)
-        });
-        drop(displaced);
+        let value = self.value.take();
+        end_use(self.loc, move || value);
     }
+}
+
+/// Ends the innermost busy use and puts the value `back()` yields into `loc`.
+/// `back` runs after the busy entry is gone, so it may unwrap the last `Rc`.
+fn end_use(loc: Loc, back: impl FnOnce() -> Option<Stored>) {
+    let displaced = with_state_raw(|state| {
+        state.pop_busy();
+        back().and_then(|value| state.insert(loc, value))
+    });
+    drop(displaced);
 }
 
 /// A value lent out of its slot to `with`; put back when dropped.
@@ -781,14 +786,9 @@ struct LentGuard {
 impl Drop for LentGuard {
     fn drop(&mut self) {
         let Some(lent) = self.lent.take() else { return };
-        let loc = self.loc;
-        let displaced = with_state_raw(|state| {
-            state.pop_busy();
-            // The busy entry's clone is gone and nested reads have returned,
-            // so this is the only reference left.
-            Rc::into_inner(lent).and_then(|value| state.insert(loc, value))
-        });
-        drop(displaced);
+        // The busy entry's clone is gone by the time `back` runs, and nested
+        // reads have returned, so this is the only reference left.
+        end_use(self.loc, move || Rc::into_inner(lent));
     }
 }
 
