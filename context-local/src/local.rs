@@ -315,6 +315,23 @@ pub(crate) fn run_init(desc: &'static StructDesc, field: &'static str) -> Result
 ///
 /// `!Send` and `!Sync`: it restores into the thread (and context) it was made
 /// on, so it cannot be held across an `.await` in a task that may move.
+///
+/// # Examples
+///
+/// ```
+/// use context_local::ContextLocal;
+///
+/// #[derive(ContextLocal)]
+/// #[context_local(scope = "thread")]
+/// struct Settings {
+///     verbose: bool,
+/// }
+///
+/// let guard = Settings { verbose: true }.enter();
+/// assert_eq!(Settings::verbose().get(), Some(true));
+/// drop(guard);
+/// assert_eq!(Settings::verbose().get(), None);
+/// ```
 #[must_use = "the values are unset again as soon as the guard is dropped"]
 pub struct Entered<S> {
     saved: Vec<(Loc, Option<Stored>)>,
