@@ -382,7 +382,9 @@ impl<T: 'static> Field<T> {
     ///
     /// Inside `f`, any access to this field is [`AccessError::Reentrant`]; other
     /// fields can be used freely. If a snapshot shares the value, it is cloned
-    /// first, so the snapshot keeps the old one.
+    /// first, so the snapshot keeps the old one. The value is moved out of the
+    /// context while `f` runs, so a snapshot taken inside `f` (a task spawned
+    /// from it, say) does not contain this field.
     ///
     /// # Panics
     ///
