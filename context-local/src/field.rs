@@ -100,10 +100,6 @@ impl<T: 'static> Field<T> {
         Field { desc }
     }
 
-    pub(crate) fn from_desc(desc: &'static FieldDesc<T>) -> Field<T> {
-        Field { desc }
-    }
-
     /// The field's name, as `Struct::field`: the name errors use.
     ///
     /// # Examples

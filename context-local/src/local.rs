@@ -174,9 +174,7 @@ pub trait ContextLocal: Sized + 'static {
         let desc = Self::__descriptor();
         let mut batch = Batch::default();
         value.__store(&mut batch);
-        let displaced = with_state(desc.name, desc.space(), |state| {
-            Ok(batch.items.into_iter().filter_map(|(loc, value)| state.insert(loc, value)).collect::<Vec<_>>())
-        });
+        let displaced = with_state(desc.name, desc.space(), |state| Ok(state.insert_all(batch.items)));
         drop(displaced.unwrap_or_else(|misuse| panic!("{misuse}")));
         Some(copy)
     }
@@ -302,10 +300,8 @@ pub(crate) fn run_init(desc: &'static StructDesc, field: &'static str) -> Result
         let _busy = BusyGuard;
         init(&mut batch);
     }
-    let displaced = with_state(field, desc.space(), |state| {
-        let items = batch.items.into_iter().chain(desc.marker());
-        Ok(items.filter_map(|(loc, value)| state.insert(loc, value)).collect::<Vec<_>>())
-    })?;
+    let displaced =
+        with_state(field, desc.space(), |state| Ok(state.insert_all(batch.items.into_iter().chain(desc.marker()))))?;
     drop(displaced);
     Ok(())
 }

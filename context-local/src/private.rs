@@ -87,7 +87,7 @@ impl<T: 'static> ErasedField for FieldDesc<T> {
     }
 
     fn fill_default(&'static self) -> Result<(), AccessError> {
-        Field::from_desc(self).fill_default()
+        Field::__new(self).fill_default()
     }
 }
 

@@ -89,7 +89,7 @@ pub(crate) fn with_state_raw<R>(f: impl FnOnce(&mut ThreadState) -> R) -> Option
 impl ThreadState {
     #[inline]
     fn check_scoped(&self, field: &'static str) -> Result<(), AccessError> {
-        if self.depth == 0 && crate::task::in_runtime_task() {
+        if self.unscoped() {
             Err(AccessError::Unscoped { field })
         } else {
             Ok(())
@@ -122,6 +122,12 @@ impl ThreadState {
             (Space::Thread, Stored::Thread(boxed)) => self.thread.insert(loc.index, boxed).map(Stored::Thread),
             (_, value) => self.current.insert(loc, value),
         }
+    }
+
+    /// Stores every value, returning the ones displaced (for dropping outside
+    /// the borrow).
+    pub(crate) fn insert_all(&mut self, items: impl IntoIterator<Item = (Loc, Stored)>) -> Vec<Stored> {
+        items.into_iter().filter_map(|(loc, value)| self.insert(loc, value)).collect()
     }
 
     pub(crate) fn remove(&mut self, loc: Loc) -> Option<Stored> {
