@@ -1,0 +1,109 @@
+//! Prints every ratio issue 3 targets, from the estimates criterion saved in
+//! the last `cargo bench -p benches` run: one line each, `name: ratio (target)`.
+//!
+//! Run: `cargo run -p benches --release --bin compare`.
+
+use benches::{median_ns, memory_report};
+
+/// How a ratio is computed from saved medians.
+enum Ratio {
+    /// `a / b`.
+    Plain((&'static str, &'static str), (&'static str, &'static str)),
+    /// `(a - base) / (b - base)`: overhead over a shared baseline.
+    Overhead((&'static str, &'static str), (&'static str, &'static str), (&'static str, &'static str)),
+    /// Bytes per pending task, from the memory bench's report.
+    Memory(&'static str, &'static str),
+}
+
+const RATIOS: [(&str, Ratio, f64); 11] = [
+    (
+        "task-scope u64 get / thread_local! Cell get",
+        Ratio::Plain(("get_u64", "context_local_task"), ("get_u64", "thread_local_cell")),
+        4.0,
+    ),
+    (
+        "thread-scope u64 get / thread_local! Cell get",
+        Ratio::Plain(("get_u64", "context_local_thread"), ("get_u64", "thread_local_cell")),
+        2.0,
+    ),
+    (
+        "task-scope u64 get / opentelemetry Context::current().get",
+        Ratio::Plain(("get_u64", "context_local_task"), ("get_u64", "opentelemetry")),
+        0.25,
+    ),
+    (
+        "with(len) on String / RefCell<String> with_borrow(len)",
+        Ratio::Plain(("string", "context_local_with_len"), ("string", "refcell_with_borrow_len")),
+        4.0,
+    ),
+    ("set u64 / Cell::set", Ratio::Plain(("write", "context_local_set_u64"), ("write", "cell_set")), 8.0),
+    (
+        "Context::current(), 64 fields / 1 field",
+        Ratio::Plain(("snapshot", "current_64"), ("snapshot", "current_1")),
+        1.2,
+    ),
+    (
+        "first write after snapshot, 64 fields / 8 fields",
+        Ratio::Plain(("first_write", "context_local_64"), ("first_write", "context_local_8")),
+        2.0,
+    ),
+    (
+        "first write after snapshot, 64 fields / Arc::make_mut of 64 slots",
+        Ratio::Plain(("first_write", "context_local_64"), ("first_write", "arc_make_mut_64")),
+        0.25,
+    ),
+    (
+        "per-poll overhead of in_context / task_local scope",
+        Ratio::Overhead(("poll", "in_context"), ("poll", "task_local_scope"), ("poll", "bare")),
+        1.0,
+    ),
+    (
+        "task::spawn / tokio::spawn + task_local scope",
+        Ratio::Plain(("spawn", "context_local"), ("spawn", "tokio_task_local")),
+        1.2,
+    ),
+    ("bytes per pending task / with task_local", Ratio::Memory("context_local", "task_local"), 1.25),
+];
+
+fn median((group, bench): (&str, &str)) -> Result<f64, String> {
+    median_ns(group, bench)
+}
+
+fn bytes_per_task(variant: &str) -> Result<f64, String> {
+    let path = memory_report();
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("{}: {e} (run `cargo bench -p benches --bench memory` first)", path.display()))?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    json[variant]["bytes_per_task"].as_f64().ok_or_else(|| format!("{}: no {variant}.bytes_per_task", path.display()))
+}
+
+fn compute(ratio: &Ratio) -> Result<f64, String> {
+    match ratio {
+        Ratio::Plain(a, b) => Ok(median(*a)? / median(*b)?),
+        Ratio::Overhead(a, b, base) => {
+            let base = median(*base)?;
+            Ok((median(*a)? - base) / (median(*b)? - base))
+        }
+        Ratio::Memory(a, b) => Ok(bytes_per_task(a)? / bytes_per_task(b)?),
+    }
+}
+
+fn main() {
+    let mut missed = 0;
+    for (name, ratio, target) in &RATIOS {
+        match compute(ratio) {
+            Ok(value) => {
+                let verdict = if value <= *target { "met" } else { "MISSED" };
+                if value > *target {
+                    missed += 1;
+                }
+                println!("{name}: {value:.2} (target <= {target}) {verdict}");
+            }
+            Err(why) => {
+                missed += 1;
+                println!("{name}: no figure: {why}");
+            }
+        }
+    }
+    println!("{} of {} targets met", RATIOS.len() - missed, RATIOS.len());
+}
