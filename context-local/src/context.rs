@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::map::{SharedMap, SlotVec};
+use crate::map::{BoxedSlots, SharedMap};
 use crate::slot::{type_mismatch, Loc, Space, Stored};
 use crate::state::{with_state_raw, ThreadState};
 
@@ -46,7 +46,7 @@ use crate::state::{with_state_raw, ThreadState};
 #[derive(Default)]
 pub struct Context {
     pub(crate) shared: SharedMap,
-    pub(crate) local: SlotVec<Box<dyn std::any::Any + Send>>,
+    pub(crate) local: BoxedSlots<Box<dyn std::any::Any + Send>>,
 }
 
 impl Context {
@@ -67,7 +67,7 @@ impl Context {
     /// assert_eq!(Context::new().run(|| Request::id().get()), None);
     /// ```
     pub const fn new() -> Context {
-        Context { shared: SharedMap::new(), local: SlotVec::new() }
+        Context { shared: SharedMap::new(), local: BoxedSlots::new() }
     }
 
     /// An O(1) snapshot of the context in effect on this thread.
@@ -114,7 +114,7 @@ impl Context {
     /// assert_eq!(copy.run(|| Request::id().get()), Some(5));
     /// ```
     pub fn snapshot(&self) -> Context {
-        Context { shared: self.shared.clone(), local: SlotVec::new() }
+        Context { shared: self.shared.clone(), local: BoxedSlots::new() }
     }
 
     /// Runs `f` with `self` as the current context, then puts the previous
@@ -180,6 +180,15 @@ impl Context {
         self.shared.is_empty() && self.local.is_empty()
     }
 
+    /// Exchanges the contents of two contexts, field by field (cheaper than
+    /// a whole-struct `mem::swap`, which the compiler routes through stack
+    /// copies).
+    #[inline]
+    pub(crate) fn swap(&mut self, other: &mut Context) {
+        std::mem::swap(&mut self.shared, &mut other.shared);
+        std::mem::swap(&mut self.local, &mut other.local);
+    }
+
     pub(crate) fn insert(&mut self, loc: Loc, value: Stored) -> Option<Stored> {
         match (loc.space, value) {
             (Space::Shared, Stored::Shared(arc)) => self.shared.insert(loc.index, arc).map(Stored::Shared),
@@ -196,13 +205,13 @@ impl Context {
         }
     }
 
-    /// Applies to `self` what `after` changed relative to `base` (a snapshot
-    /// `after` started from): changed and removed shared slots, and every value
-    /// of `after`'s own. Returns the values displaced from `self`, for dropping
-    /// outside any borrow.
+    /// What changed from `base` (the snapshot `after` started from) to
+    /// `after`: the writes to make to another context so it gets them too.
+    /// Fields `after` did not touch are left out, so concurrent writes to
+    /// them elsewhere survive.
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
-    pub(crate) fn apply_changes(&mut self, base: &SharedMap, mut after: Context) -> Vec<Stored> {
-        let mut displaced = Vec::new();
+    pub(crate) fn changes_since(base: &SharedMap, mut after: Context) -> Vec<(Loc, Option<Stored>)> {
+        let mut changes = Vec::new();
         if !base.same_as(&after.shared) {
             let before = base.entries();
             let now = after.shared.entries();
@@ -211,19 +220,19 @@ impl Context {
                     .binary_search_by_key(index, |(i, _)| *i)
                     .is_ok_and(|at| std::sync::Arc::ptr_eq(&before[at].1, value));
                 if !unchanged {
-                    displaced.extend(self.shared.insert(*index, value.clone()).map(Stored::Shared));
+                    changes.push((Loc { space: Space::Shared, index: *index }, Some(Stored::Shared(value.clone()))));
                 }
             }
             for (index, _) in &before {
                 if now.binary_search_by_key(index, |(i, _)| *i).is_err() {
-                    displaced.extend(self.shared.remove(*index).map(Stored::Shared));
+                    changes.push((Loc { space: Space::Shared, index: *index }, None));
                 }
             }
         }
         for (index, value) in after.local.drain() {
-            displaced.extend(self.local.insert(index, value).map(Stored::Local));
+            changes.push((Loc { space: Space::Local, index }, Some(Stored::Local(value))));
         }
-        displaced
+        changes
     }
 }
 
@@ -255,9 +264,10 @@ pub(crate) struct Installed<'a> {
 
 impl<'a> Installed<'a> {
     #[track_caller]
+    #[inline]
     pub(crate) fn new(context: &'a mut Context) -> Installed<'a> {
         let active = with_state_raw(|state| {
-            std::mem::swap(&mut state.current, context);
+            state.current.swap(context);
             state.depth += 1;
         })
         .is_some();
@@ -273,10 +283,11 @@ impl<'a> Installed<'a> {
 }
 
 impl Drop for Installed<'_> {
+    #[inline]
     fn drop(&mut self) {
         if self.active {
             with_state_raw(|state| {
-                std::mem::swap(&mut state.current, self.context);
+                state.current.swap(self.context);
                 state.depth -= 1;
             });
         }

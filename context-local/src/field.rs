@@ -2,14 +2,13 @@
 
 use std::any::Any;
 use std::fmt;
-use std::rc::Rc;
-use std::sync::Arc;
 
 use crate::error::AccessError;
 use crate::local::run_init;
 use crate::private::FieldDesc;
-use crate::slot::{Loc, SharedValue, Space, Stored};
-use crate::state::{downcast, downcast_mut, with_state, with_state_raw, Busy, BusyGuard, ThreadState};
+use crate::slot::{Loc, Stored};
+use crate::state::read_fast;
+use crate::state::{downcast, downcast_mut, with_state, with_state_raw, with_state_ref, Busy, BusyGuard, ThreadState};
 
 /// One field of a `#[derive(ContextLocal)]` struct, in whatever context is
 /// current where a method is called.
@@ -141,6 +140,7 @@ impl<T: 'static> Field<T> {
     /// assert_eq!(Request::retries().get(), Some(3));
     /// ```
     #[track_caller]
+    #[inline]
     pub fn get(&self) -> Option<T>
     where
         T: Clone,
@@ -174,6 +174,7 @@ impl<T: 'static> Field<T> {
     /// Db::url().set("sqlite::memory:".into());
     /// assert_eq!(Db::url().try_get().as_deref(), Ok("sqlite::memory:"));
     /// ```
+    #[inline]
     pub fn try_get(&self) -> Result<T, AccessError>
     where
         T: Clone,
@@ -313,9 +314,8 @@ impl<T: 'static> Field<T> {
     pub fn is_set(&self) -> bool {
         let loc = self.loc();
         let result = with_state(self.desc.name, loc.space, |state| match state.busy(loc) {
-            Some(Busy::Read(Some(_))) => Ok(true),
             Some(Busy::Write | Busy::Init) => Err(self.reentrant()),
-            Some(Busy::Read(None)) | None => Ok(state.contains(loc)),
+            Some(Busy::Read) | None => Ok(state.contains(loc)),
         });
         result.unwrap_or_else(|misuse| panic!("{misuse}"))
     }
@@ -500,10 +500,8 @@ impl<T: 'static> Field<T> {
     /// Where the value is, for reading.
     #[inline]
     fn probe<'s>(&self, state: &'s ThreadState, loc: Loc) -> Result<Result<&'s dyn Any, Miss>, AccessError> {
-        match state.busy(loc) {
-            Some(Busy::Read(Some(lent))) => return Ok(Ok(lent.as_any())),
-            Some(Busy::Write | Busy::Init) => return Err(self.reentrant()),
-            Some(Busy::Read(None)) | None => {}
+        if let Some(Busy::Write | Busy::Init) = state.busy(loc) {
+            return Err(self.reentrant());
         }
         match state.peek(loc) {
             Some(value) => Ok(Ok(value)),
@@ -513,7 +511,12 @@ impl<T: 'static> Field<T> {
 
     /// Runs `op` on the value while the storage is borrowed (`op` is a clone
     /// or a projection, never user code that could reach context-locals).
-    #[inline]
+    ///
+    /// The common case (a value is there, no closure is using any field) is
+    /// inlined into the caller; everything else is [`read_slow`].
+    ///
+    /// [`read_slow`]: Field::read_slow
+    #[inline(always)]
     fn read<F: FnOnce() -> T, R>(
         &self,
         fallback: &mut Option<F>,
@@ -522,8 +525,23 @@ impl<T: 'static> Field<T> {
     ) -> Result<R, AccessError> {
         let loc = self.loc();
         let mut op = Some(op);
+        let fast = read_fast(loc, |value| op.take().map(|op| op(downcast::<T>(value))));
+        if let Some(Some(result)) = fast {
+            return Ok(result);
+        }
+        self.read_slow(loc, fallback, prefer_fallback, op)
+    }
+
+    #[inline(never)]
+    fn read_slow<F: FnOnce() -> T, R>(
+        &self,
+        loc: Loc,
+        fallback: &mut Option<F>,
+        prefer_fallback: bool,
+        mut op: Option<impl FnOnce(&T) -> R>,
+    ) -> Result<R, AccessError> {
         for _ in 0..3 {
-            let found = with_state(self.desc.name, loc.space, |state| {
+            let found = with_state_ref(self.desc.name, loc.space, |state| {
                 Ok(match self.probe(state, loc)? {
                     Ok(value) => Ok(op.take().expect("read once")(downcast::<T>(value))),
                     Err(miss) => Err(miss),
@@ -635,32 +653,36 @@ impl<T: 'static> Field<T> {
     }
 
     /// Lends the value to `op` with the storage released, so `op` may use
-    /// other fields.
+    /// other fields. The value stays in its slot; a `Busy::Read` entry makes
+    /// writes to it `Reentrant` and keeps it alive until `op` returns.
     fn lend<R>(&self, op: impl FnOnce(&T) -> R) -> Result<R, AccessError> {
         let loc = self.loc();
         let name = self.desc.name;
         for _ in 0..3 {
-            let loan = with_state(name, loc.space, |state| {
-                match state.busy(loc) {
-                    Some(Busy::Read(Some(lent))) => return Ok(Ok(Loan::Nested(lent.clone()))),
-                    Some(Busy::Write | Busy::Init) => return Err(self.reentrant()),
-                    Some(Busy::Read(None)) | None => {}
+            let found = with_state(name, loc.space, |state| {
+                if let Some(Busy::Write | Busy::Init) = state.busy(loc) {
+                    return Err(self.reentrant());
                 }
-                if loc.space == Space::Shared {
-                    if let Some(shared) = state.current.shared.get(loc.index) {
-                        let shared = shared.clone();
-                        state.push_busy(loc, Busy::Read(None));
-                        return Ok(Ok(Loan::Shared(shared)));
+                match state.peek_ptr(loc) {
+                    Some(ptr) => {
+                        state.push_busy(loc, Busy::Read);
+                        Ok(Ok(ptr))
                     }
-                } else if let Some(stored) = state.remove(loc) {
-                    let lent = Rc::new(stored);
-                    state.push_busy(loc, Busy::Read(Some(lent.clone())));
-                    return Ok(Ok(Loan::Lent(LentGuard { loc, lent: Some(lent) })));
+                    None => Ok(Err(self.miss(state)?)),
                 }
-                Ok(Err(self.miss(state)?))
             })?;
-            match loan {
-                Ok(loan) => return Ok(loan.run(op)),
+            match found {
+                Ok(ptr) => {
+                    let _busy = BusyGuard;
+                    // SAFETY: `ptr` was read from this field's slot, whose
+                    // values are `T`s, under the borrow that pushed the
+                    // `Busy::Read` entry `_busy` pops after `op` returns (or
+                    // unwinds); the entry keeps the value alive and unchanged
+                    // meanwhile (see `ValuePtr::get`).
+                    #[allow(unsafe_code)]
+                    let value = unsafe { ptr.get::<T>() };
+                    return Ok(op(value));
+                }
                 Err(miss) => self.resolve(miss, &mut None::<fn() -> T>, false)?,
             }
         }
@@ -760,58 +782,15 @@ struct Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        let value = self.value.take();
-        end_use(self.loc, move || value);
+        end_use(self.loc, self.value.take());
     }
 }
 
-/// Ends the innermost busy use and puts the value `back()` yields into `loc`.
-/// `back` runs after the busy entry is gone, so it may unwrap the last `Rc`.
-fn end_use(loc: Loc, back: impl FnOnce() -> Option<Stored>) {
+/// Ends the innermost busy use and puts `value` back into `loc`.
+fn end_use(loc: Loc, value: Option<Stored>) {
     let displaced = with_state_raw(|state| {
-        state.pop_busy();
-        back().and_then(|value| state.insert(loc, value))
+        let ended = state.pop_busy();
+        (ended, value.and_then(|value| state.insert(loc, value)))
     });
     drop(displaced);
-}
-
-/// A value lent out of its slot to `with`; put back when dropped.
-struct LentGuard {
-    loc: Loc,
-    lent: Option<Rc<Stored>>,
-}
-
-impl Drop for LentGuard {
-    fn drop(&mut self) {
-        let Some(lent) = self.lent.take() else { return };
-        // The busy entry's clone is gone by the time `back` runs, and nested
-        // reads have returned, so this is the only reference left.
-        end_use(self.loc, move || Rc::into_inner(lent));
-    }
-}
-
-/// How `with` reaches a value while the storage is released.
-enum Loan {
-    /// A shared value: the `Arc` keeps it alive; it stays in its slot.
-    Shared(Arc<dyn SharedValue>),
-    /// An owned value, moved out of its slot for the duration.
-    Lent(LentGuard),
-    /// A value an outer `with` of the same field has lent out already.
-    Nested(Rc<Stored>),
-}
-
-impl Loan {
-    fn run<T: 'static, R>(self, op: impl FnOnce(&T) -> R) -> R {
-        match self {
-            Loan::Shared(shared) => {
-                let _busy = BusyGuard;
-                op(downcast::<T>(&*shared as &dyn Any))
-            }
-            Loan::Lent(guard) => {
-                let lent = guard.lent.as_ref().expect("lent value");
-                op(downcast::<T>(lent.as_any()))
-            }
-            Loan::Nested(lent) => op(downcast::<T>(lent.as_any())),
-        }
-    }
 }

@@ -167,7 +167,7 @@
 //! - `derive` (default): re-exports `#[derive(ContextLocal)]`.
 //! - `tokio` (default): the [`task`] module, and `Unscoped` detection inside
 //!   tokio tasks.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 mod context;

@@ -30,6 +30,10 @@ enum Child {
 #[derive(Clone, Default)]
 struct Node {
     bitmap: u16,
+    /// In the root: levels of inner nodes above the leaves, so the map covers
+    /// slots below `16^(height + 1)`. Kept here rather than in `SharedMap` so
+    /// a map is one word, which swapping contexts on every poll copies.
+    height: u32,
     children: Vec<Child>,
 }
 
@@ -65,33 +69,33 @@ impl Node {
 #[derive(Clone, Default)]
 pub(crate) struct SharedMap {
     root: Option<Arc<Node>>,
-    /// Levels of inner nodes above the leaves: the map covers slots below
-    /// `16^(height + 1)`.
-    height: u32,
 }
 
 impl SharedMap {
     pub(crate) const fn new() -> SharedMap {
-        SharedMap { root: None, height: 0 }
+        SharedMap { root: None }
     }
 
     pub(crate) fn is_empty(&self) -> bool {
         self.root.is_none()
     }
 
+    fn height(&self) -> u32 {
+        self.root.as_ref().map_or(0, |root| root.height)
+    }
+
     fn covers(&self, index: usize) -> bool {
-        let bits = BITS * (self.height + 1);
-        bits >= usize::BITS || index >> bits == 0
+        covers(self.height(), index)
     }
 
     /// The value in slot `index`, if any.
     #[inline]
     pub(crate) fn get(&self, index: usize) -> Option<&Value> {
         let mut node = self.root.as_deref()?;
-        if !self.covers(index) {
+        if !covers(node.height, index) {
             return None;
         }
-        let mut shift = BITS * self.height;
+        let mut shift = BITS * node.height;
         loop {
             match node.child((index >> shift) & MASK)? {
                 Child::Value(value) => return Some(value),
@@ -108,24 +112,22 @@ impl SharedMap {
         while !self.covers(index) && self.root.is_some() {
             self.grow();
         }
-        if self.root.is_none() {
-            while !self.covers(index) {
-                self.height += 1;
-            }
-        }
-        let root = self.root.get_or_insert_with(Arc::default);
-        insert_at(Arc::make_mut(root), BITS * self.height, index, value)
+        let root = self.root.get_or_insert_with(|| {
+            let height = (0..).find(|height| covers(*height, index)).expect("some height covers every index");
+            Arc::new(Node { height, ..Node::default() })
+        });
+        let root = Arc::make_mut(root);
+        insert_at(root, BITS * root.height, index, value)
     }
 
     /// Empties slot `index`, returning what was there. Copies nothing when the
     /// slot is already empty.
     pub(crate) fn remove(&mut self, index: usize) -> Option<Value> {
         self.get(index)?;
-        let root = self.root.as_mut()?;
-        let removed = remove_at(Arc::make_mut(root), BITS * self.height, index);
+        let root = Arc::make_mut(self.root.as_mut()?);
+        let removed = remove_at(root, BITS * root.height, index);
         if root.children.is_empty() {
             self.root = None;
-            self.height = 0;
         }
         removed
     }
@@ -134,7 +136,7 @@ impl SharedMap {
     pub(crate) fn entries(&self) -> Vec<(usize, Value)> {
         let mut out = Vec::new();
         if let Some(root) = &self.root {
-            collect(root, BITS * self.height, 0, &mut out);
+            collect(root, BITS * root.height, 0, &mut out);
         }
         out
     }
@@ -143,7 +145,7 @@ impl SharedMap {
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn same_as(&self, other: &SharedMap) -> bool {
         match (&self.root, &other.root) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b) && self.height == other.height,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
             (None, None) => true,
             _ => false,
         }
@@ -151,11 +153,17 @@ impl SharedMap {
 
     fn grow(&mut self) {
         let old = self.root.take().expect("grow is only called on a non-empty map");
-        let mut root = Node::default();
+        let mut root = Node { height: old.height + 1, ..Node::default() };
         root.insert_child(0, 0, Child::Node(old));
         self.root = Some(Arc::new(root));
-        self.height += 1;
     }
+}
+
+/// Whether a map of `height` covers slot `index`.
+#[inline]
+fn covers(height: u32, index: usize) -> bool {
+    let bits = BITS * (height + 1);
+    bits >= usize::BITS || index >> bits == 0
 }
 
 fn insert_at(node: &mut Node, shift: u32, index: usize, value: Value) -> Option<Value> {
@@ -256,6 +264,48 @@ impl<B> SlotVec<B> {
 impl<B> Default for SlotVec<B> {
     fn default() -> Self {
         SlotVec::new()
+    }
+}
+
+/// A [`SlotVec`] behind one pointer, allocated on first insert: a context's
+/// own slots. Keeps `Context` at two words, so installing one on every poll
+/// is two word swaps (a three-word vector made the swap stall on partial
+/// store forwarding, seen with `perf annotate` on the `poll` bench).
+pub(crate) struct BoxedSlots<B> {
+    slots: Option<Box<SlotVec<B>>>,
+}
+
+impl<B> BoxedSlots<B> {
+    pub(crate) const fn new() -> BoxedSlots<B> {
+        BoxedSlots { slots: None }
+    }
+
+    #[inline]
+    pub(crate) fn get(&self, index: usize) -> Option<&B> {
+        self.slots.as_ref()?.get(index)
+    }
+
+    pub(crate) fn insert(&mut self, index: usize, value: B) -> Option<B> {
+        self.slots.get_or_insert_with(Box::default).insert(index, value)
+    }
+
+    pub(crate) fn remove(&mut self, index: usize) -> Option<B> {
+        self.slots.as_mut()?.remove(index)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.slots.as_ref().is_none_or(|slots| slots.is_empty())
+    }
+
+    /// Takes every value out, leaving no allocation behind.
+    pub(crate) fn drain(&mut self) -> impl Iterator<Item = (usize, B)> {
+        self.slots.take().into_iter().flat_map(|mut slots| slots.drain().collect::<Vec<_>>())
+    }
+}
+
+impl<B> Default for BoxedSlots<B> {
+    fn default() -> Self {
+        BoxedSlots::new()
     }
 }
 

@@ -101,16 +101,6 @@ pub enum Stored {
 }
 
 impl Stored {
-    /// The value, for reading.
-    #[inline]
-    pub(crate) fn as_any(&self) -> &dyn Any {
-        match self {
-            Stored::Shared(arc) => &**arc as &dyn Any,
-            Stored::Local(boxed) => &**boxed as &dyn Any,
-            Stored::Thread(boxed) => &**boxed,
-        }
-    }
-
     /// The value, for writing in place; a shared value is copied first if a
     /// snapshot still holds it.
     pub(crate) fn as_any_mut(&mut self) -> &mut dyn Any {

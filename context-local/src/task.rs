@@ -193,7 +193,8 @@ mod with_tokio {
             Err(error) if error.is_panic() => resume_unwind(error.into_panic()),
             Err(_) => panic!("the tokio runtime shut down before `run_blocking`'s closure ran"),
         };
-        let displaced = with_state_raw(|state| state.current.apply_changes(&base, after));
+        let changes = Context::changes_since(&base, after);
+        let displaced = with_state_raw(|state| state.apply(changes));
         drop(displaced);
         match outcome {
             Ok(value) => value,

@@ -96,3 +96,21 @@ fn thread_scope_default_and_errors() {
     .join()
     .unwrap();
 }
+
+/// The unchecked cast behind every read keeps its type check in debug builds,
+/// so any bug that put a value in the wrong slot fails the test suite.
+#[test]
+#[cfg(debug_assertions)]
+#[should_panic(expected = "a slot held a value of another type")]
+fn reads_check_the_slot_type_in_debug_builds() {
+    let value: &dyn std::any::Any = &5u64;
+    let _ = crate::state::downcast::<u32>(value);
+}
+
+#[test]
+fn reads_cast_values_of_the_slot_type() {
+    let mut value = String::from("slot");
+    assert_eq!(crate::state::downcast::<String>(&value as &dyn std::any::Any), "slot");
+    crate::state::downcast_mut::<String>(&mut value as &mut dyn std::any::Any).push('!');
+    assert_eq!(value, "slot!");
+}

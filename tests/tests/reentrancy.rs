@@ -286,3 +286,123 @@ fn a_panicking_destructor_at_thread_exit_does_not_abort() {
     let joined = std::thread::spawn(|| Fragile::value().set(PanicsOnDrop)).join();
     assert!(joined.is_ok());
 }
+
+/// A value that records its drop and checks it is still intact when read.
+#[derive(Clone)]
+struct Tracked {
+    payload: String,
+    drops: Arc<AtomicUsize>,
+}
+
+impl Tracked {
+    fn new(payload: &str, drops: &Arc<AtomicUsize>) -> Tracked {
+        Tracked { payload: payload.to_string(), drops: drops.clone() }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.drops.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[derive(ContextLocal)]
+struct Lent {
+    shared: Tracked,
+    #[context_local(no_inherit)]
+    owned: Tracked,
+}
+
+#[derive(ContextLocal)]
+#[context_local(scope = "thread")]
+struct LentThread {
+    value: Tracked,
+}
+
+// `with` lends the value by address (no clone, no reference count). These
+// tests displace the value while a closure reads it, through every path that
+// does not go through the field's own (refused) writes; the value must stay
+// readable until the closure returns, then be dropped exactly once.
+
+#[test]
+fn a_guard_dropped_inside_with_keeps_the_read_value_alive() {
+    let drops = Arc::new(AtomicUsize::new(0));
+    Context::new().run(|| {
+        let guard = Lent { shared: Tracked::new("entered", &drops), owned: Tracked::new("owned", &drops) }.enter();
+        let seen = Lent::shared().with(|value| {
+            let holder = Some(guard);
+            drop(holder); // unsets both fields, displacing the value being read
+            assert_eq!(drops.load(Ordering::SeqCst), 1, "only the unread field is dropped so far");
+            assert!(!Lent::shared().is_set());
+            value.payload.clone()
+        });
+        assert_eq!(seen.as_deref(), Some("entered"));
+        assert_eq!(drops.load(Ordering::SeqCst), 2, "the read value is dropped once the read ends");
+    });
+    assert_eq!(drops.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn an_owned_value_displaced_inside_with_stays_alive() {
+    let drops = Arc::new(AtomicUsize::new(0));
+    Context::new().run(|| {
+        let guard = Lent { shared: Tracked::new("s", &drops), owned: Tracked::new("owned", &drops) }.enter();
+        let len = Lent::owned().with(|value| {
+            drop(guard);
+            assert_eq!(drops.load(Ordering::SeqCst), 1, "the read value is kept until the read ends");
+            // Write around it, so the storage changes under the reader.
+            Lent::shared().set(Tracked::new("replacement", &drops));
+            value.payload.len()
+        });
+        assert_eq!(len, Some(5));
+        assert_eq!(drops.load(Ordering::SeqCst), 2);
+        assert!(Lent::shared().delete());
+    });
+    assert_eq!(drops.load(Ordering::SeqCst), 3);
+}
+
+#[test]
+fn a_thread_value_displaced_inside_with_stays_alive() {
+    let drops = Arc::new(AtomicUsize::new(0));
+    std::thread::spawn({
+        let drops = drops.clone();
+        move || {
+            let guard = LentThread { value: Tracked::new("outer", &drops) }.enter();
+            let inner = LentThread { value: Tracked::new("inner", &drops) }.enter();
+            let seen = LentThread::value().with(|value| {
+                drop(inner); // restores "outer", displacing "inner"
+                assert_eq!(drops.load(Ordering::SeqCst), 0, "the read value is kept until the read ends");
+                assert_eq!(LentThread::value().with(|now| now.payload.clone()).as_deref(), Some("outer"));
+                value.payload.clone()
+            });
+            assert_eq!(seen.as_deref(), Some("inner"));
+            assert_eq!(drops.load(Ordering::SeqCst), 1);
+            drop(guard);
+        }
+    })
+    .join()
+    .expect("thread");
+    assert_eq!(drops.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn writes_to_a_field_being_read_are_refused_and_drop_nothing() {
+    let drops = Arc::new(AtomicUsize::new(0));
+    Context::new().run(|| {
+        Lent::shared().set(Tracked::new("kept", &drops));
+        Lent::shared().with(|value| {
+            assert_eq!(
+                Lent::shared().try_update(|v| v.payload.push('!')),
+                Err(AccessError::Reentrant { field: "Lent::shared" })
+            );
+            let take = catch_unwind(AssertUnwindSafe(|| Lent::shared().take()));
+            assert!(take.is_err(), "take of a field being read panics with Reentrant");
+            let clear = catch_unwind(AssertUnwindSafe(Lent::clear));
+            assert!(clear.is_err(), "clearing a struct being read panics with Reentrant");
+            assert_eq!(value.payload, "kept");
+            assert_eq!(drops.load(Ordering::SeqCst), 0);
+        });
+        assert_eq!(Lent::shared().with(|v| v.payload.clone()).as_deref(), Some("kept"));
+    });
+    assert_eq!(drops.load(Ordering::SeqCst), 1);
+}
