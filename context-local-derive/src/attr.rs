@@ -3,10 +3,11 @@
 
 use proc_macro2::Span;
 use syn::meta::ParseNestedMeta;
+use syn::spanned::Spanned;
 use syn::{Attribute, Expr, Ident, LitBool, LitStr, Path};
 
 const STRUCT_KEYS: &str = "scope, init, inherit, crate";
-const FIELD_KEYS: &str = "default, no_inherit, rename";
+const FIELD_KEYS: &str = "default, no_inherit, rename, log";
 
 /// Errors gathered so that all mistakes are reported at once.
 #[derive(Default)]
@@ -57,11 +58,20 @@ pub struct Rename {
     pub literal: LitStr,
 }
 
+/// How a `log` field is formatted in log lines.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Display,
+    Debug,
+}
+
 #[derive(Default)]
 pub struct FieldAttrs {
     pub default: Option<Expr>,
     pub no_inherit: Option<Path>,
     pub rename: Option<Rename>,
+    /// `log` (Display) or `log = "debug"`, with the key's span.
+    pub log: Option<(LogFormat, Span)>,
 }
 
 pub fn struct_attrs(attrs: &[Attribute], errors: &mut Errors) -> StructAttrs {
@@ -106,7 +116,7 @@ pub fn struct_attrs(attrs: &[Attribute], errors: &mut Errors) -> StructAttrs {
                     let path = if value.peek(LitStr) { value.parse::<LitStr>()?.parse()? } else { value.parse()? };
                     set_once(&mut out.krate, path, &meta, errors);
                 }
-                "default" | "no_inherit" | "rename" => {
+                "default" | "no_inherit" | "rename" | "log" => {
                     errors.push(
                         meta.error(format!("`{key}` is a field attribute; put it on a field, not on the struct")),
                     );
@@ -126,6 +136,20 @@ pub fn struct_attrs(attrs: &[Attribute], errors: &mut Errors) -> StructAttrs {
         }
     }
     out
+}
+
+/// `log` alone is `Display`; `log = "display"` / `log = "debug"` pick one;
+/// `None` for any other value (reported by the caller).
+fn log_format(meta: &ParseNestedMeta) -> syn::Result<Option<LogFormat>> {
+    if !meta.input.peek(syn::Token![=]) {
+        return Ok(Some(LogFormat::Display));
+    }
+    let literal = meta.value()?.parse::<syn::Lit>()?;
+    Ok(match &literal {
+        syn::Lit::Str(text) if text.value() == "display" => Some(LogFormat::Display),
+        syn::Lit::Str(text) if text.value() == "debug" => Some(LogFormat::Debug),
+        _ => None,
+    })
 }
 
 pub fn field_attrs(attrs: &[Attribute], errors: &mut Errors) -> FieldAttrs {
@@ -149,6 +173,16 @@ pub fn field_attrs(attrs: &[Attribute], errors: &mut Errors) -> FieldAttrs {
                         Err(_) => errors.push(syn::Error::new_spanned(
                             &literal,
                             "`rename` must be a valid identifier, e.g. `rename = \"user_id\"` (`r#type` for a keyword)",
+                        )),
+                    }
+                }
+                // #[context_local(log)] or #[context_local(log = "debug")]
+                "log" => {
+                    let format = log_format(&meta)?;
+                    match format {
+                        Some(format) => set_once(&mut out.log, (format, meta.path.span()), &meta, errors),
+                        None => errors.push(meta.error(
+                            "`log` takes no value (Display) or `log = \"debug\"` (Debug), e.g. `#[context_local(log = \"debug\")]`",
                         )),
                     }
                 }

@@ -6,7 +6,7 @@ use syn::spanned::Spanned;
 use syn::DeriveInput;
 
 use crate::ast::{Field, Input, Space};
-use crate::attr::Init;
+use crate::attr::{Init, LogFormat};
 
 pub fn derive(node: &DeriveInput) -> TokenStream {
     try_expand(node).unwrap_or_else(syn::Error::into_compile_error)
@@ -92,6 +92,14 @@ fn field_static(input: &Input, field: &Field, name: &syn::Ident) -> TokenStream 
     };
     let field_name = format!("{}::{}", input.name(), field.accessor_name());
     let space = space_tokens(space);
+    let logged = field.attrs.log.map(|(format, _)| {
+        let key = field.accessor_name();
+        let format = match format {
+            LogFormat::Display => quote_spanned!(ty.span()=> #krate::__private::display_fmt::<#ty>),
+            LogFormat::Debug => quote_spanned!(ty.span()=> #krate::__private::debug_fmt::<#ty>),
+        };
+        quote!(.logged(#key, #format))
+    });
     quote! {
         static #name: #krate::__private::FieldDesc<#ty> = #krate::__private::FieldDesc::new(
             #field_name,
@@ -99,7 +107,7 @@ fn field_static(input: &Input, field: &Field, name: &syn::Ident) -> TokenStream 
             #krate::__private::Space::#space,
             #default,
             #wrap,
-        );
+        )#logged;
     }
 }
 

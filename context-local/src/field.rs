@@ -7,8 +7,8 @@ use crate::error::AccessError;
 use crate::local::run_init;
 use crate::private::FieldDesc;
 use crate::slot::{Loc, Stored};
-use crate::state::read_fast;
 use crate::state::{downcast, downcast_mut, with_state, with_state_raw, with_state_ref, Busy, BusyGuard, ThreadState};
+use crate::state::{read_fast, ValuePtr};
 
 /// One field of a `#[derive(ContextLocal)]` struct, in whatever context is
 /// current where a method is called.
@@ -477,7 +477,7 @@ impl<T: 'static> Field<T> {
 
     #[inline]
     fn loc(&self) -> Loc {
-        self.desc.slot.loc()
+        self.desc.loc()
     }
 
     fn reentrant(&self) -> AccessError {
@@ -657,37 +657,52 @@ impl<T: 'static> Field<T> {
     /// writes to it `Reentrant` and keeps it alive until `op` returns.
     fn lend<R>(&self, op: impl FnOnce(&T) -> R) -> Result<R, AccessError> {
         let loc = self.loc();
-        let name = self.desc.name;
         for _ in 0..3 {
-            let found = with_state(name, loc.space, |state| {
-                if let Some(Busy::Write | Busy::Init) = state.busy(loc) {
-                    return Err(self.reentrant());
-                }
-                match state.peek_ptr(loc) {
-                    Some(ptr) => {
-                        state.push_busy(loc, Busy::Read);
-                        Ok(Ok(ptr))
-                    }
-                    None => Ok(Err(self.miss(state)?)),
-                }
+            let found = with_state(self.desc.name, loc.space, |state| match self.mark_read(state, loc)? {
+                Some(ptr) => Ok(Ok(ptr)),
+                None => Ok(Err(self.miss(state)?)),
             })?;
             match found {
-                Ok(ptr) => {
-                    let _busy = BusyGuard;
-                    // SAFETY: `ptr` was read from this field's slot, whose
-                    // values are `T`s, under the borrow that pushed the
-                    // `Busy::Read` entry `_busy` pops after `op` returns (or
-                    // unwinds); the entry keeps the value alive and unchanged
-                    // meanwhile (see `ValuePtr::get`).
-                    #[allow(unsafe_code)]
-                    let value = unsafe { ptr.get::<T>() };
-                    return Ok(op(value));
-                }
+                Ok(ptr) => return Ok(read_marked(ptr, op)),
                 Err(miss) => self.resolve(miss, &mut None::<fn() -> T>, false)?,
             }
         }
         Err(self.unset())
     }
+
+    /// Lends the stored value, if there is one, as [`lend`](Field::lend)
+    /// does, but never runs `init` or `default`: for log lines.
+    pub(crate) fn with_stored<R>(&self, op: impl FnOnce(&T) -> R) -> Result<Option<R>, AccessError> {
+        let loc = self.loc();
+        let found = with_state(self.desc.name, loc.space, |state| self.mark_read(state, loc))?;
+        Ok(found.map(|ptr| read_marked(ptr, op)))
+    }
+
+    /// The address of the stored value, with a `Busy::Read` entry pushed for
+    /// it; `None` if nothing is stored.
+    fn mark_read(&self, state: &mut ThreadState, loc: Loc) -> Result<Option<ValuePtr>, AccessError> {
+        if let Some(Busy::Write | Busy::Init) = state.busy(loc) {
+            return Err(self.reentrant());
+        }
+        let ptr = state.peek_ptr(loc);
+        if ptr.is_some() {
+            state.push_busy(loc, Busy::Read);
+        }
+        Ok(ptr)
+    }
+}
+
+/// Runs `op` on the value `ptr` points at, then pops the `Busy::Read` entry
+/// that [`Field::mark_read`] pushed for it.
+fn read_marked<T: 'static, R>(ptr: ValuePtr, op: impl FnOnce(&T) -> R) -> R {
+    let _busy = BusyGuard;
+    // SAFETY: `ptr` was read from the slot of a field of type `T` under the
+    // borrow that pushed the `Busy::Read` entry `_busy` pops after `op`
+    // returns (or unwinds); the entry keeps the value alive and unchanged
+    // meanwhile (see `ValuePtr::get`).
+    #[allow(unsafe_code)]
+    let value = unsafe { ptr.get::<T>() };
+    op(value)
 }
 
 impl<E: 'static> Field<Vec<E>> {

@@ -175,9 +175,12 @@ mod error;
 mod field;
 mod future;
 mod local;
+mod logged;
 mod map;
 mod slot;
 mod state;
+#[cfg(feature = "tokio")]
+mod stream;
 
 #[doc(hidden)]
 pub mod __private {
@@ -188,14 +191,25 @@ mod private;
 #[cfg(test)]
 mod tests;
 
+#[cfg(feature = "log")]
+pub mod log;
+#[cfg(feature = "rayon")]
+pub mod rayon;
 pub mod task;
 pub mod thread;
+#[cfg(feature = "tower")]
+pub mod tower;
+#[cfg(feature = "tracing")]
+pub mod tracing;
 
 pub use crate::context::Context;
 pub use crate::error::AccessError;
 pub use crate::field::Field;
 pub use crate::future::{FutureExt, InContext};
 pub use crate::local::{ContextLocal, Entered};
+pub use crate::logged::log_fields;
+#[cfg(feature = "tokio")]
+pub use crate::stream::{InContextStream, StreamExt};
 
 #[cfg(feature = "derive")]
 pub use context_local_derive::ContextLocal;

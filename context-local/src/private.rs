@@ -1,6 +1,7 @@
 //! Items used only by code that `#[derive(ContextLocal)]` generates. Not part
 //! of the public API: they may change in any release.
 
+use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
@@ -49,6 +50,9 @@ impl StructDesc {
     }
 }
 
+/// How a logged field's value is written: `Display::fmt` or `Debug::fmt`.
+pub type FormatFn<T> = fn(&T, &mut fmt::Formatter<'_>) -> fmt::Result;
+
 /// What the derive knows about one field of type `T`.
 pub struct FieldDesc<T: 'static> {
     pub(crate) name: &'static str,
@@ -56,6 +60,9 @@ pub struct FieldDesc<T: 'static> {
     pub(crate) slot: SlotCell,
     pub(crate) default: Option<fn() -> T>,
     pub(crate) wrap: fn(T) -> Erased,
+    /// For `#[context_local(log)]` fields: the key in log lines and how the
+    /// value is formatted.
+    pub(crate) log: Option<(&'static str, FormatFn<T>)>,
     _type: PhantomData<fn() -> T>,
 }
 
@@ -69,7 +76,40 @@ impl<T: 'static> FieldDesc<T> {
         default: Option<fn() -> T>,
         wrap: fn(T) -> Erased,
     ) -> FieldDesc<T> {
-        FieldDesc { name, owner, slot: SlotCell::new(space), default, wrap, _type: PhantomData }
+        FieldDesc { name, owner, slot: SlotCell::new(space), default, wrap, log: None, _type: PhantomData }
+    }
+
+    /// Marks the field for log lines: `key=value`, formatted by `format`.
+    pub const fn logged(self, key: &'static str, format: FormatFn<T>) -> Self {
+        FieldDesc { log: Some((key, format)), ..self }
+    }
+
+    /// The field's slot; the first use in the process registers a logged
+    /// field for log lines.
+    #[inline]
+    pub(crate) fn loc(&'static self) -> Loc {
+        self.slot.loc_or_first(|| {
+            if self.log.is_some() {
+                crate::logged::register(self);
+            }
+        })
+    }
+}
+
+impl<T: 'static> crate::logged::LoggedField for FieldDesc<T> {
+    fn render(&'static self) -> Option<(&'static str, String)> {
+        let (key, format) = self.log?;
+        let value = Field::__new(self).with_stored(|value| Formatted(value, format).to_string()).ok()??;
+        Some((key, value))
+    }
+}
+
+/// A value with the formatting function its field was marked with.
+struct Formatted<'a, T>(&'a T, FormatFn<T>);
+
+impl<T> fmt::Display for Formatted<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        (self.1)(self.0, f)
     }
 }
 
@@ -83,7 +123,7 @@ pub trait ErasedField: Sync {
 
 impl<T: 'static> ErasedField for FieldDesc<T> {
     fn loc(&'static self) -> Loc {
-        self.slot.loc()
+        FieldDesc::loc(self)
     }
 
     fn fill_default(&'static self) -> Result<(), AccessError> {
@@ -100,7 +140,7 @@ pub struct Batch {
 impl Batch {
     /// Adds `value` for `field`.
     pub fn put<T: 'static>(&mut self, field: &'static FieldDesc<T>, value: T) {
-        self.items.push((field.slot.loc(), (field.wrap)(value).0));
+        self.items.push((field.loc(), (field.wrap)(value).0));
     }
 }
 
@@ -149,4 +189,34 @@ pub fn wrap_local<T: TaskValue>(value: T) -> Erased {
 /// Erases a value of a thread-scoped field.
 pub fn wrap_thread<T: 'static>(value: T) -> Erased {
     Erased(Stored::Thread(Box::new(value)))
+}
+
+/// A type a `#[context_local(log)]` field may have.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be logged with `#[context_local(log)]`: it does not implement `Display`",
+    label = "this field type is not `Display`",
+    note = "use `#[context_local(log = \"debug\")]` to log it with `Debug`, or implement `Display` for it"
+)]
+pub trait LogDisplay: fmt::Display {}
+
+impl<T: fmt::Display + ?Sized> LogDisplay for T {}
+
+/// A type a `#[context_local(log = "debug")]` field may have.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be logged with `#[context_local(log = \"debug\")]`: it does not implement `Debug`",
+    label = "this field type is not `Debug`",
+    note = "derive or implement `Debug` for it, or use `#[context_local(log)]` for a `Display` type"
+)]
+pub trait LogDebug: fmt::Debug {}
+
+impl<T: fmt::Debug + ?Sized> LogDebug for T {}
+
+/// Writes a `log` field with `Display`.
+pub fn display_fmt<T: LogDisplay>(value: &T, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    fmt::Display::fmt(value, f)
+}
+
+/// Writes a `log = "debug"` field with `Debug`.
+pub fn debug_fmt<T: LogDebug>(value: &T, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    fmt::Debug::fmt(value, f)
 }

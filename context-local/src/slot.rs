@@ -46,18 +46,28 @@ impl SlotCell {
     /// The slot's location, assigning its number if this is the first use.
     #[inline]
     pub(crate) fn loc(&self) -> Loc {
+        self.loc_or_first(|| {})
+    }
+
+    /// As [`loc`](SlotCell::loc); `first` runs once in the process, on the
+    /// thread whose call assigned the number.
+    #[inline]
+    pub(crate) fn loc_or_first(&self, first: impl FnOnce()) -> Loc {
         let index = self.index.load(Ordering::Relaxed);
-        let index = if index == UNASSIGNED { self.assign() } else { index };
+        let index = if index == UNASSIGNED { self.assign(first) } else { index };
         Loc { space: self.space, index }
     }
 
     #[cold]
-    fn assign(&self) -> usize {
+    fn assign(&self, first: impl FnOnce()) -> usize {
         let fresh = COUNTERS[self.space as usize].fetch_add(1, Ordering::Relaxed);
         // Two threads may race to assign: the first store wins and the loser's
         // number stays unused, so every thread agrees on one number.
         match self.index.compare_exchange(UNASSIGNED, fresh, Ordering::Relaxed, Ordering::Relaxed) {
-            Ok(_) => fresh,
+            Ok(_) => {
+                first();
+                fresh
+            }
             Err(winner) => winner,
         }
     }

@@ -201,4 +201,67 @@ mod with_tokio {
             Err(panic) => resume_unwind(panic),
         }
     }
+
+    /// Spawning into a [`tokio::task::JoinSet`] with the caller's context.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use context_local::task::JoinSetExt;
+    /// use context_local::ContextLocal;
+    /// use tokio::task::JoinSet;
+    ///
+    /// #[derive(ContextLocal)]
+    /// struct Batch {
+    ///     id: u32,
+    /// }
+    ///
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// Batch::id().set(7);
+    /// let mut set = JoinSet::new();
+    /// for n in 0..3 {
+    ///     set.spawn_in_context(async move { (n, Batch::id().get()) });
+    /// }
+    /// set.spawn_blocking_in_context(|| (99, Batch::id().get()));
+    /// while let Some(done) = set.join_next().await {
+    ///     assert_eq!(done.unwrap().1, Some(7));
+    /// }
+    /// # });
+    /// ```
+    pub trait JoinSetExt<T> {
+        /// [`JoinSet::spawn`](tokio::task::JoinSet::spawn), with the task in
+        /// a snapshot of the caller's context.
+        fn spawn_in_context<F>(&mut self, future: F) -> tokio::task::AbortHandle
+        where
+            F: Future<Output = T> + Send + 'static,
+            T: Send;
+
+        /// [`JoinSet::spawn_blocking`](tokio::task::JoinSet::spawn_blocking),
+        /// with the closure in a snapshot of the caller's context.
+        fn spawn_blocking_in_context<F>(&mut self, f: F) -> tokio::task::AbortHandle
+        where
+            F: FnOnce() -> T + Send + 'static,
+            T: Send;
+    }
+
+    impl<T: 'static> JoinSetExt<T> for tokio::task::JoinSet<T> {
+        #[track_caller]
+        fn spawn_in_context<F>(&mut self, future: F) -> tokio::task::AbortHandle
+        where
+            F: Future<Output = T> + Send + 'static,
+            T: Send,
+        {
+            self.spawn(future.in_current_context())
+        }
+
+        #[track_caller]
+        fn spawn_blocking_in_context<F>(&mut self, f: F) -> tokio::task::AbortHandle
+        where
+            F: FnOnce() -> T + Send + 'static,
+            T: Send,
+        {
+            let mut context = Context::current();
+            self.spawn_blocking(move || context.run(f))
+        }
+    }
 }

@@ -15,8 +15,10 @@ pub mod model {
     #[context_local(init)]
     pub struct Request {
         /// The id, readable from other modules.
+        #[context_local(log)]
         pub id: u64,
         /// A keyword-named field.
+        #[context_local(log = "debug")]
         pub r#type: String,
         /// Renamed accessor.
         #[context_local(rename = "user_id")]
@@ -54,6 +56,10 @@ fn options_work() {
         assert_eq!(model::secret_plus(1), 1);
         ThroughReexport::value().set(4);
         assert_eq!(ThroughReexport::value().get(), Some(4));
+        // `log` fields, keyed without `r#`: Display and Debug.
+        let logged = context_local::log_fields();
+        assert!(logged.contains(&("id", "0".to_string())), "{logged:?}");
+        assert!(logged.contains(&("type", "\"json\"".to_string())), "{logged:?}");
     });
 }
 

@@ -1,0 +1,203 @@
+//! Rayon jobs that carry the submitter's context (feature `rayon`).
+//!
+//! A rayon worker runs jobs from many callers; work stealing can even run
+//! another caller's job on the thread in the middle of yours. Each function
+//! here runs the job in a snapshot of the context it was submitted from (as
+//! [`task::spawn`](crate::task) does for tokio tasks), and restores whatever
+//! the worker had afterwards, so nothing one job sets is seen by the next.
+//! Writes inside a job stay in its snapshot, as with `contextvars`'
+//! `copy_context().run`. Thread-scoped values belong to the worker thread and
+//! are not carried.
+//!
+//! # Examples
+//!
+//! ```
+//! use context_local::ContextLocal;
+//! use rayon::prelude::*;
+//! use context_local::rayon::ParallelIteratorExt;
+//!
+//! #[derive(ContextLocal)]
+//! struct Job {
+//!     tenant: String,
+//! }
+//!
+//! Job::tenant().set("acme".into());
+//! let tenants: Vec<String> = (0..100)
+//!     .into_par_iter()
+//!     .in_current_context()
+//!     .map(|_| Job::tenant().get().unwrap_or_default())
+//!     .collect();
+//! assert!(tenants.iter().all(|t| t == "acme"));
+//!
+//! let (a, b) = context_local::rayon::join(|| Job::tenant().get(), || Job::tenant().get());
+//! assert_eq!((a.as_deref(), b.as_deref()), (Some("acme"), Some("acme")));
+//! ```
+
+use rayon::iter::plumbing::{Consumer, Folder, UnindexedConsumer};
+use rayon::iter::ParallelIterator;
+
+use crate::Context;
+
+/// `rayon::spawn`, with `job` run in a snapshot of the current context.
+pub fn spawn<F>(job: F)
+where
+    F: FnOnce() + Send + 'static,
+{
+    let mut context = Context::current();
+    rayon::spawn(move || context.run(job));
+}
+
+/// `rayon::join`, with each closure run in its own snapshot of the current
+/// context.
+pub fn join<A, B, RA, RB>(a: A, b: B) -> (RA, RB)
+where
+    A: FnOnce() -> RA + Send,
+    B: FnOnce() -> RB + Send,
+    RA: Send,
+    RB: Send,
+{
+    let (mut for_a, mut for_b) = (Context::current(), Context::current());
+    rayon::join(move || for_a.run(a), move || for_b.run(b))
+}
+
+/// `ThreadPool::install`, with `op` run in a snapshot of the current context.
+pub fn install<OP, R>(pool: &rayon::ThreadPool, op: OP) -> R
+where
+    OP: FnOnce() -> R + Send,
+    R: Send,
+{
+    let mut context = Context::current();
+    pool.install(move || context.run(op))
+}
+
+/// `rayon::scope`, with `op` and every job spawned through the [`Scope`] run
+/// in a snapshot of the context it was spawned from.
+pub fn scope<'scope, OP, R>(op: OP) -> R
+where
+    OP: FnOnce(&Scope<'_, 'scope>) -> R + Send,
+    R: Send,
+{
+    let mut context = Context::current();
+    rayon::scope(move |inner| context.run(|| op(&Scope { inner })))
+}
+
+/// A `rayon::Scope` whose jobs carry the spawner's context.
+#[derive(Debug)]
+pub struct Scope<'s, 'scope> {
+    inner: &'s rayon::Scope<'scope>,
+}
+
+impl<'scope> Scope<'_, 'scope> {
+    /// `rayon::Scope::spawn`, with `body` run in a snapshot of the current
+    /// context.
+    pub fn spawn<BODY>(&self, body: BODY)
+    where
+        BODY: FnOnce(&Scope<'_, 'scope>) + Send + 'scope,
+    {
+        let mut context = Context::current();
+        self.inner.spawn(move |inner| context.run(|| body(&Scope { inner })));
+    }
+}
+
+/// Runs a parallel iterator's downstream work in the caller's context.
+pub trait ParallelIteratorExt: ParallelIterator {
+    /// Every closure after this adaptor (`map`, `for_each`, ...) runs in a
+    /// snapshot of the context current here, on whichever worker runs it.
+    fn in_current_context(self) -> InContextIter<Self> {
+        InContextIter { base: self, context: Context::current() }
+    }
+}
+
+impl<I: ParallelIterator> ParallelIteratorExt for I {}
+
+/// The adaptor [`ParallelIteratorExt::in_current_context`] returns.
+#[derive(Debug)]
+pub struct InContextIter<I> {
+    base: I,
+    context: Context,
+}
+
+impl<I: ParallelIterator> ParallelIterator for InContextIter<I> {
+    type Item = I::Item;
+
+    fn drive_unindexed<C>(self, consumer: C) -> C::Result
+    where
+        C: UnindexedConsumer<Self::Item>,
+    {
+        self.base.drive_unindexed(ContextConsumer { base: consumer, context: self.context })
+    }
+
+    fn opt_len(&self) -> Option<usize> {
+        self.base.opt_len()
+    }
+}
+
+/// Hands each piece of work a snapshot of the context.
+struct ContextConsumer<C> {
+    base: C,
+    context: Context,
+}
+
+impl<T, C: Consumer<T>> Consumer<T> for ContextConsumer<C> {
+    type Folder = ContextFolder<C::Folder>;
+    type Reducer = C::Reducer;
+    type Result = C::Result;
+
+    fn split_at(self, index: usize) -> (Self, Self, Self::Reducer) {
+        let (left, right, reducer) = self.base.split_at(index);
+        let right = ContextConsumer { base: right, context: self.context.snapshot() };
+        (ContextConsumer { base: left, context: self.context }, right, reducer)
+    }
+
+    fn into_folder(self) -> Self::Folder {
+        ContextFolder { base: self.base.into_folder(), context: self.context }
+    }
+
+    fn full(&self) -> bool {
+        self.base.full()
+    }
+}
+
+impl<T, C: UnindexedConsumer<T>> UnindexedConsumer<T> for ContextConsumer<C> {
+    fn split_off_left(&self) -> Self {
+        ContextConsumer { base: self.base.split_off_left(), context: self.context.snapshot() }
+    }
+
+    fn to_reducer(&self) -> Self::Reducer {
+        self.base.to_reducer()
+    }
+}
+
+/// Runs the downstream folder's work inside the context.
+struct ContextFolder<F> {
+    base: F,
+    context: Context,
+}
+
+impl<T, F: Folder<T>> Folder<T> for ContextFolder<F> {
+    type Result = F::Result;
+
+    fn consume(self, item: T) -> Self {
+        let ContextFolder { base, mut context } = self;
+        let base = context.run(|| base.consume(item));
+        ContextFolder { base, context }
+    }
+
+    fn consume_iter<I>(self, iter: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+    {
+        let ContextFolder { base, mut context } = self;
+        let base = context.run(|| base.consume_iter(iter));
+        ContextFolder { base, context }
+    }
+
+    fn complete(self) -> Self::Result {
+        let ContextFolder { base, mut context } = self;
+        context.run(|| base.complete())
+    }
+
+    fn full(&self) -> bool {
+        self.base.full()
+    }
+}
