@@ -1,0 +1,73 @@
+//! Runs every program in `examples/` (they assert what they print), so none
+//! can rot. Each is built and run by cargo, as a user would run it.
+
+use std::process::Command;
+
+/// Runs `cargo run -p examples --example NAME`; returns its standard output.
+fn run_example(name: &str) -> String {
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let output = Command::new(env!("CARGO"))
+        .args(["run", "--quiet", "-p", "examples", "--example", name])
+        .current_dir(&workspace)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot start cargo for {name}: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "example {name} failed ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// Asserts the example ran and printed `expected` somewhere.
+fn check(name: &str, expected: &str) {
+    let stdout = run_example(name);
+    assert!(stdout.contains(expected), "example {name} did not print {expected:?}:\n{stdout}");
+}
+
+#[test]
+fn request_context() {
+    check("request_context", "50 concurrent requests, 0 saw another request's context");
+}
+
+#[test]
+fn db_per_thread() {
+    check("db_per_thread", "100 orders in");
+}
+
+#[test]
+fn db_per_task() {
+    check("db_per_task", "8 requests, 16 connections: one per task, none shared");
+}
+
+#[test]
+fn logging_context() {
+    check("logging_context", "29 lines, 0 with another request's id");
+}
+
+#[test]
+fn transaction_scope() {
+    check("transaction_scope", "2 commits, 6 rollbacks, 0 transactions with another thread's operations");
+}
+
+#[test]
+fn spinner() {
+    check("spinner", "all labelled [req-42]");
+}
+
+#[test]
+fn thread_pool_leftovers() {
+    check("thread_pool_leftovers", "0 of 10 jobs saw a previous job's task_id");
+}
+
+#[test]
+fn per_session_context() {
+    check("per_session_context", "3 sessions, each saw only its own cart");
+}
+
+#[test]
+fn get_or_create() {
+    check("get_or_create", "3 connections made: one per thread");
+}
