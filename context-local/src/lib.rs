@@ -165,8 +165,19 @@
 //! # Cargo features
 //!
 //! - `derive` (default): re-exports `#[derive(ContextLocal)]`.
-//! - `tokio` (default): the [`task`] module, and `Unscoped` detection inside
-//!   tokio tasks.
+//! - `tokio` (default): the [`task`] module (spawning with a snapshot,
+//!   `run_blocking`, `JoinSet` helpers), [`StreamExt`], and `Unscoped`
+//!   detection inside tokio tasks.
+//! - `tower` (off): `tower::ContextLayer`, a context per request for tower
+//!   and axum services, including the response body.
+//! - `tracing` (off): `tracing::ContextFields`, `#[context_local(log)]`
+//!   fields on every `tracing_subscriber::fmt` line.
+//! - `log` (off): `log::ContextLogger`, the same fields as `log` key-values.
+//! - `rayon` (off): `rayon::{spawn, join, scope, install}` and a
+//!   parallel-iterator adaptor running jobs in the submitter's context.
+//!
+//! [`log_fields`] (always available) returns the `log` fields with a value
+//! here, for any other output.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
