@@ -12,7 +12,7 @@ pub fn derive(node: &DeriveInput) -> TokenStream {
     try_expand(node).unwrap_or_else(syn::Error::into_compile_error)
 }
 
-fn try_expand(node: &DeriveInput) -> syn::Result<TokenStream> {
+pub(crate) fn try_expand(node: &DeriveInput) -> syn::Result<TokenStream> {
     let input = Input::from_syn(node)?;
     crate::valid::check(&input)?;
     Ok(emit(&input))
