@@ -13,6 +13,29 @@ use std::sync::Arc;
 
 use crate::slot::SharedValue;
 
+/// The reference-counted pointer to a trie node: what snapshots share. Under
+/// `cfg(loom)` it is loom's, so the model checker explores every interleaving
+/// of snapshots cloned, written and dropped on several threads.
+#[cfg(not(loom))]
+type NodeRef = Arc<Node>;
+#[cfg(loom)]
+type NodeRef = loom::sync::Arc<Node>;
+
+/// A node to write to: the node itself if no snapshot shares it, else a copy
+/// (`Arc::make_mut`; spelled out for loom, whose `Arc` has no `make_mut`).
+#[cfg(not(loom))]
+fn unique(node: &mut NodeRef) -> &mut Node {
+    Arc::make_mut(node)
+}
+
+#[cfg(loom)]
+fn unique(node: &mut NodeRef) -> &mut Node {
+    if loom::sync::Arc::get_mut(node).is_none() {
+        *node = loom::sync::Arc::new(Node::clone(node));
+    }
+    loom::sync::Arc::get_mut(node).expect("a fresh copy is unshared")
+}
+
 const BITS: u32 = 4;
 const WIDTH: usize = 1 << BITS;
 const MASK: usize = WIDTH - 1;
@@ -21,7 +44,7 @@ type Value = Arc<dyn SharedValue>;
 
 #[derive(Clone)]
 enum Child {
-    Node(Arc<Node>),
+    Node(NodeRef),
     Value(Value),
 }
 
@@ -68,7 +91,7 @@ impl Node {
 /// A persistent map from slot numbers to shared values.
 #[derive(Clone, Default)]
 pub(crate) struct SharedMap {
-    root: Option<Arc<Node>>,
+    root: Option<NodeRef>,
 }
 
 impl SharedMap {
@@ -114,9 +137,9 @@ impl SharedMap {
         }
         let root = self.root.get_or_insert_with(|| {
             let height = (0..).find(|height| covers(*height, index)).expect("some height covers every index");
-            Arc::new(Node { height, ..Node::default() })
+            NodeRef::new(Node { height, ..Node::default() })
         });
-        let root = Arc::make_mut(root);
+        let root = unique(root);
         insert_at(root, BITS * root.height, index, value)
     }
 
@@ -124,7 +147,7 @@ impl SharedMap {
     /// slot is already empty.
     pub(crate) fn remove(&mut self, index: usize) -> Option<Value> {
         self.get(index)?;
-        let root = Arc::make_mut(self.root.as_mut()?);
+        let root = unique(self.root.as_mut()?);
         let removed = remove_at(root, BITS * root.height, index);
         if root.children.is_empty() {
             self.root = None;
@@ -145,7 +168,7 @@ impl SharedMap {
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn same_as(&self, other: &SharedMap) -> bool {
         match (&self.root, &other.root) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (Some(a), Some(b)) => NodeRef::ptr_eq(a, b),
             (None, None) => true,
             _ => false,
         }
@@ -155,7 +178,7 @@ impl SharedMap {
         let old = self.root.take().expect("grow is only called on a non-empty map");
         let mut root = Node { height: old.height + 1, ..Node::default() };
         root.insert_child(0, 0, Child::Node(old));
-        self.root = Some(Arc::new(root));
+        self.root = Some(NodeRef::new(root));
     }
 }
 
@@ -178,13 +201,13 @@ fn insert_at(node: &mut Node, shift: u32, index: usize, value: Value) -> Option<
             None
         }
         (Ok(at), _) => match &mut node.children[at] {
-            Child::Node(next) => insert_at(Arc::make_mut(next), shift - BITS, index, value),
+            Child::Node(next) => insert_at(unique(next), shift - BITS, index, value),
             Child::Value(_) => unreachable!("inner nodes hold nodes"),
         },
         (Err(at), _) => {
             let mut next = Node::default();
             insert_at(&mut next, shift - BITS, index, value);
-            node.insert_child(digit, at, Child::Node(Arc::new(next)));
+            node.insert_child(digit, at, Child::Node(NodeRef::new(next)));
             None
         }
     }
@@ -200,7 +223,7 @@ fn remove_at(node: &mut Node, shift: u32, index: usize) -> Option<Value> {
         };
     }
     let Child::Node(next) = &mut node.children[at] else { unreachable!("inner nodes hold nodes") };
-    let next = Arc::make_mut(next);
+    let next = unique(next);
     let removed = remove_at(next, shift - BITS, index);
     if next.children.is_empty() {
         node.remove_child(digit, at);
@@ -374,5 +397,45 @@ mod tests {
         assert!(slots.get(9).is_none());
         assert_eq!(slots.drain().map(|(i, b)| (i, *b)).collect::<Vec<_>>(), vec![(3, 4)]);
         assert!(slots.is_empty());
+    }
+}
+
+/// Snapshots shared between threads, under loom: each side writes to its own
+/// copy while the other reads and drops, and neither ever sees the other's
+/// writes (`RUSTFLAGS="--cfg loom" cargo test -p context-local
+/// --no-default-features --lib loom`).
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use std::sync::Arc;
+
+    use super::SharedMap;
+
+    fn read(map: &SharedMap, index: usize) -> Option<u64> {
+        map.get(index).map(|v| *(&**v as &dyn std::any::Any).downcast_ref::<u64>().expect("u64"))
+    }
+
+    #[test]
+    fn loom_snapshots_written_on_two_threads_stay_independent() {
+        loom::model(|| {
+            let mut map = SharedMap::new();
+            for i in [0usize, 1, 17] {
+                map.insert(i, Arc::new(i as u64));
+            }
+            let snapshot = map.clone();
+            let child = loom::thread::spawn(move || {
+                let mut mine = snapshot;
+                mine.insert(1, Arc::new(100u64));
+                mine.remove(17);
+                (read(&mine, 0), read(&mine, 1), read(&mine, 17))
+            });
+            map.insert(0, Arc::new(50u64));
+            let grandchild = map.clone();
+            drop(map);
+            assert_eq!(
+                (read(&grandchild, 0), read(&grandchild, 1), read(&grandchild, 17)),
+                (Some(50), Some(1), Some(17))
+            );
+            assert_eq!(child.join().expect("thread"), (Some(0), Some(100), None));
+        });
     }
 }

@@ -53,23 +53,57 @@ impl SlotCell {
     /// thread whose call assigned the number.
     #[inline]
     pub(crate) fn loc_or_first(&self, first: impl FnOnce()) -> Loc {
-        let index = self.index.load(Ordering::Relaxed);
-        let index = if index == UNASSIGNED { self.assign(first) } else { index };
+        let index = slot_number(&COUNTERS[self.space as usize], &self.index, first);
         Loc { space: self.space, index }
     }
+}
 
-    #[cold]
-    fn assign(&self, first: impl FnOnce()) -> usize {
-        let fresh = COUNTERS[self.space as usize].fetch_add(1, Ordering::Relaxed);
-        // Two threads may race to assign: the first store wins and the loser's
-        // number stays unused, so every thread agrees on one number.
-        match self.index.compare_exchange(UNASSIGNED, fresh, Ordering::Relaxed, Ordering::Relaxed) {
-            Ok(_) => {
-                first();
-                fresh
-            }
-            Err(winner) => winner,
+/// The atomic operations slot numbering uses; implemented for std's
+/// `AtomicUsize`, and for loom's under `cfg(loom)` so the model checker runs
+/// the same algorithm.
+pub(crate) trait Counter {
+    fn get(&self) -> usize;
+    fn take_next(&self) -> usize;
+    /// Stores `fresh` if nothing is stored yet; the stored number otherwise.
+    fn claim(&self, fresh: usize) -> Result<usize, usize>;
+}
+
+impl Counter for AtomicUsize {
+    #[inline]
+    fn get(&self) -> usize {
+        self.load(Ordering::Relaxed)
+    }
+
+    fn take_next(&self) -> usize {
+        self.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn claim(&self, fresh: usize) -> Result<usize, usize> {
+        self.compare_exchange(UNASSIGNED, fresh, Ordering::Relaxed, Ordering::Relaxed)
+    }
+}
+
+/// The number in `cell`, drawing one from `counter` on first use. Two threads
+/// may race to assign: the first store wins and the loser's number stays
+/// unused, so every thread agrees on one number; `first` runs once, on the
+/// winner.
+#[inline]
+pub(crate) fn slot_number<C: Counter>(counter: &C, cell: &C, first: impl FnOnce()) -> usize {
+    match cell.get() {
+        UNASSIGNED => assign(counter, cell, first),
+        index => index,
+    }
+}
+
+#[cold]
+fn assign<C: Counter>(counter: &C, cell: &C, first: impl FnOnce()) -> usize {
+    let fresh = counter.take_next();
+    match cell.claim(fresh) {
+        Ok(_) => {
+            first();
+            fresh
         }
+        Err(winner) => winner,
     }
 }
 
@@ -155,4 +189,65 @@ pub(crate) fn init_marker(space: Space) -> Stored {
 #[cold]
 pub(crate) fn type_mismatch() -> ! {
     unreachable!("context-local: a slot held a value of another type (a bug in context-local)")
+}
+
+/// Model checking with loom: `RUSTFLAGS="--cfg loom" cargo test -p
+/// context-local --no-default-features --lib loom` (a CI step).
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use loom::sync::atomic::{AtomicUsize, Ordering};
+    use loom::sync::Arc;
+
+    use super::{slot_number, Counter, UNASSIGNED};
+
+    impl Counter for AtomicUsize {
+        fn get(&self) -> usize {
+            self.load(Ordering::Relaxed)
+        }
+
+        fn take_next(&self) -> usize {
+            self.fetch_add(1, Ordering::Relaxed)
+        }
+
+        fn claim(&self, fresh: usize) -> Result<usize, usize> {
+            self.compare_exchange(UNASSIGNED, fresh, Ordering::Relaxed, Ordering::Relaxed)
+        }
+    }
+
+    /// Numbers one cell from `thread`, counting the `first` callbacks.
+    fn number(counter: &AtomicUsize, cell: &AtomicUsize, firsts: &AtomicUsize) -> usize {
+        slot_number(counter, cell, || {
+            firsts.fetch_add(1, Ordering::Relaxed);
+        })
+    }
+
+    #[test]
+    fn loom_racing_threads_agree_on_one_slot_number() {
+        loom::model(|| {
+            let shared = Arc::new((AtomicUsize::new(0), AtomicUsize::new(UNASSIGNED), AtomicUsize::new(0)));
+            let other = shared.clone();
+            let theirs = loom::thread::spawn(move || number(&other.0, &other.1, &other.2));
+            let mine = number(&shared.0, &shared.1, &shared.2);
+            let theirs = theirs.join().expect("thread");
+            assert_eq!(mine, theirs, "every thread sees one number");
+            assert!(mine < 2);
+            assert_eq!(shared.2.load(Ordering::Relaxed), 1, "`first` runs once");
+            assert_eq!(number(&shared.0, &shared.1, &shared.2), mine, "and it never changes");
+        });
+    }
+
+    #[test]
+    fn loom_different_fields_never_share_a_number() {
+        loom::model(|| {
+            let shared = Arc::new((AtomicUsize::new(0), AtomicUsize::new(UNASSIGNED), AtomicUsize::new(UNASSIGNED)));
+            let other = shared.clone();
+            let firsts = Arc::new(AtomicUsize::new(0));
+            let their_firsts = firsts.clone();
+            let theirs = loom::thread::spawn(move || number(&other.0, &other.2, &their_firsts));
+            let mine = number(&shared.0, &shared.1, &firsts);
+            let theirs = theirs.join().expect("thread");
+            assert_ne!(mine, theirs);
+            assert_eq!(firsts.load(Ordering::Relaxed), 2);
+        });
+    }
 }
