@@ -68,20 +68,28 @@ pub(crate) trait Counter {
     fn claim(&self, fresh: usize) -> Result<usize, usize>;
 }
 
-impl Counter for AtomicUsize {
-    #[inline]
-    fn get(&self) -> usize {
-        self.load(Ordering::Relaxed)
-    }
+/// Implements [`Counter`] for an `AtomicUsize` type (std's; loom's in the
+/// loom tests) with the same orderings.
+macro_rules! impl_counter {
+    ($atomic:ty, $ordering:path) => {
+        impl Counter for $atomic {
+            #[inline]
+            fn get(&self) -> usize {
+                self.load($ordering)
+            }
 
-    fn take_next(&self) -> usize {
-        self.fetch_add(1, Ordering::Relaxed)
-    }
+            fn take_next(&self) -> usize {
+                self.fetch_add(1, $ordering)
+            }
 
-    fn claim(&self, fresh: usize) -> Result<usize, usize> {
-        self.compare_exchange(UNASSIGNED, fresh, Ordering::Relaxed, Ordering::Relaxed)
-    }
+            fn claim(&self, fresh: usize) -> Result<usize, usize> {
+                self.compare_exchange(UNASSIGNED, fresh, $ordering, $ordering)
+            }
+        }
+    };
 }
+
+impl_counter!(AtomicUsize, Ordering::Relaxed);
 
 /// The number in `cell`, drawing one from `counter` on first use. Two threads
 /// may race to assign: the first store wins and the loser's number stays
@@ -200,19 +208,7 @@ mod loom_tests {
 
     use super::{slot_number, Counter, UNASSIGNED};
 
-    impl Counter for AtomicUsize {
-        fn get(&self) -> usize {
-            self.load(Ordering::Relaxed)
-        }
-
-        fn take_next(&self) -> usize {
-            self.fetch_add(1, Ordering::Relaxed)
-        }
-
-        fn claim(&self, fresh: usize) -> Result<usize, usize> {
-            self.compare_exchange(UNASSIGNED, fresh, Ordering::Relaxed, Ordering::Relaxed)
-        }
-    }
+    impl_counter!(AtomicUsize, Ordering::Relaxed);
 
     /// Numbers one cell from `thread`, counting the `first` callbacks.
     fn number(counter: &AtomicUsize, cell: &AtomicUsize, firsts: &AtomicUsize) -> usize {
