@@ -4,7 +4,6 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use context_local::{AccessError, Context, ContextLocal, FutureExt};
 
@@ -117,12 +116,15 @@ async fn run_blocking_writes_back_before_resuming_a_panic() {
 async fn run_blocking_keeps_concurrent_writes_of_other_fields() {
     async {
         Vars::a().set(1);
-        let blocking = context_local::task::run_blocking(|| {
-            std::thread::sleep(Duration::from_millis(20));
+        // The sibling's write lands while the blocking call is still running.
+        let (sibling_done, wait_for_sibling) = std::sync::mpsc::channel();
+        let blocking = context_local::task::run_blocking(move || {
+            wait_for_sibling.recv().expect("the sibling ran");
             Vars::a().set(2);
         });
-        let sibling = async {
+        let sibling = async move {
             Vars::b().set("from sibling".into());
+            sibling_done.send(()).expect("the blocking call waits");
         };
         tokio::join!(blocking, sibling);
         assert_eq!(Vars::a().get(), Some(2));

@@ -134,19 +134,22 @@ async fn a_panic_inside_a_polled_future_leaves_the_worker_clean() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aborted_and_dropped_futures_drop_their_values_exactly_once() {
     let counters = Arc::new(Counters::default());
+    let started = Arc::new(tokio::sync::Semaphore::new(0));
     let mut handles = Vec::new();
     for n in 0..50 {
-        let counters = counters.clone();
+        let (counters, started) = (counters.clone(), started.clone());
         handles.push(tokio::spawn(
             async move {
                 Request::value().set(counters.value(n));
                 Request::owned().set(counters.value(n));
+                started.add_permits(1);
                 std::future::pending::<()>().await;
             }
             .in_new_context(),
         ));
     }
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Every task holds its values before any is aborted.
+    drop(started.acquire_many(50).await.expect("semaphore"));
     for handle in &handles {
         handle.abort();
     }
