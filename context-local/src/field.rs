@@ -655,6 +655,7 @@ impl<T: 'static> Field<T> {
     /// Lends the value to `op` with the storage released, so `op` may use
     /// other fields. The value stays in its slot; a `Busy::Read` entry makes
     /// writes to it `Reentrant` and keeps it alive until `op` returns.
+    #[inline]
     fn lend<R>(&self, op: impl FnOnce(&T) -> R) -> Result<R, AccessError> {
         let loc = self.loc();
         for _ in 0..3 {
@@ -680,6 +681,7 @@ impl<T: 'static> Field<T> {
 
     /// The address of the stored value, with a `Busy::Read` entry pushed for
     /// it; `None` if nothing is stored.
+    #[inline]
     fn mark_read(&self, state: &mut ThreadState, loc: Loc) -> Result<Option<ValuePtr>, AccessError> {
         if let Some(Busy::Write | Busy::Init) = state.busy(loc) {
             return Err(self.reentrant());
@@ -694,6 +696,7 @@ impl<T: 'static> Field<T> {
 
 /// Runs `op` on the value `ptr` points at, then pops the `Busy::Read` entry
 /// that [`Field::mark_read`] pushed for it.
+#[inline]
 fn read_marked<T: 'static, R>(ptr: ValuePtr, op: impl FnOnce(&T) -> R) -> R {
     let _busy = BusyGuard;
     // SAFETY: `ptr` was read from the slot of a field of type `T` under the

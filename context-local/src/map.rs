@@ -112,7 +112,7 @@ impl SharedMap {
     }
 
     /// The value in slot `index`, if any.
-    #[inline]
+    #[inline(never)]
     pub(crate) fn get(&self, index: usize) -> Option<&Value> {
         let mut node = self.root.as_deref()?;
         if !covers(node.height, index) {

@@ -223,7 +223,7 @@ impl ThreadState {
     }
 
     /// The stored value in `loc`, for reading.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn peek(&self, loc: Loc) -> Option<&dyn Any> {
         match loc.space {
             Space::Shared => self.current.shared.get(loc.index).map(|arc| &**arc as &dyn Any),
