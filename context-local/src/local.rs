@@ -338,16 +338,8 @@ pub struct Entered<S> {
 impl<S> Drop for Entered<S> {
     fn drop(&mut self) {
         let saved = std::mem::take(&mut self.saved);
-        let displaced = with_state_raw(move |state| {
-            let mut displaced = Vec::with_capacity(saved.len());
-            for (loc, old) in saved.into_iter().rev() {
-                displaced.extend(match old {
-                    Some(value) => state.insert(loc, value),
-                    None => state.remove(loc),
-                });
-            }
-            displaced
-        });
+        // Restore in reverse, so the first value saved for a slot wins.
+        let displaced = with_state_raw(move |state| state.apply(saved.into_iter().rev()));
         drop(displaced);
     }
 }

@@ -262,8 +262,7 @@ impl ThreadState {
 
     /// Makes each write (`None` empties the slot); returns the values
     /// displaced, for dropping after the borrow ends.
-    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
-    pub(crate) fn apply(&mut self, changes: Vec<(Loc, Option<Stored>)>) -> Vec<Stored> {
+    pub(crate) fn apply(&mut self, changes: impl IntoIterator<Item = (Loc, Option<Stored>)>) -> Vec<Stored> {
         let applied = changes.into_iter().map(|(loc, value)| match value {
             Some(value) => self.insert(loc, value),
             None => self.remove(loc),
