@@ -1,7 +1,7 @@
 //! The pipeline: parse into a model, validate, emit.
 
-use proc_macro2::TokenStream;
-use quote::{format_ident, quote, quote_spanned};
+use proc_macro2::{Group, TokenStream, TokenTree};
+use quote::{format_ident, quote, quote_spanned, ToTokens};
 use syn::spanned::Spanned;
 use syn::DeriveInput;
 
@@ -28,6 +28,7 @@ fn emit(input: &Input) -> TokenStream {
     let accessors = input.fields.iter().zip(&statics).map(|(field, name)| accessor(input, field, name));
     let (init_fn, init_ref) = init(input);
     let members: Vec<_> = input.fields.iter().map(|field| field.ident).collect();
+    let no_drop = no_drop(input);
 
     quote! {
         #[allow(non_upper_case_globals, clippy::all, clippy::pedantic)]
@@ -40,6 +41,7 @@ fn emit(input: &Input) -> TokenStream {
             );
             #(#field_statics)*
             #init_fn
+            #no_drop
 
             #[automatically_derived]
             impl #ident {
@@ -76,22 +78,23 @@ fn space_tokens(space: Space) -> TokenStream {
 /// are spanned at the field's type, so a failure points at the user's field.
 fn field_static(input: &Input, field: &Field, name: &syn::Ident) -> TokenStream {
     let krate = input.krate();
-    let ty = field.ty;
+    let ty = &self_to_ident(field.ty, input.ident);
     let space = input.field_space(field);
-    let wrap = match space {
-        Space::Shared => quote_spanned!(ty.span()=> #krate::__private::wrap_shared::<#ty>),
-        Space::Local => quote_spanned!(ty.span()=> #krate::__private::wrap_local::<#ty>),
-        Space::Thread => quote_spanned!(ty.span()=> #krate::__private::wrap_thread::<#ty>),
+    let krate_at_ty = respan(krate.clone(), field.ty.span());
+    let constructor = match space {
+        Space::Shared => quote_spanned!(field.ty.span()=> #krate_at_ty::__private::FieldDesc::<#ty>::shared),
+        Space::Local => quote_spanned!(field.ty.span()=> #krate_at_ty::__private::FieldDesc::<#ty>::local),
+        Space::Thread => quote_spanned!(field.ty.span()=> #krate_at_ty::__private::FieldDesc::<#ty>::thread),
     };
     let default = match &field.attrs.default {
         Some(expr) => {
+            let expr = self_to_ident(expr, input.ident);
             let body = quote_spanned!(expr.span()=> fn __context_local_default() -> #ty { #expr });
             quote!(::core::option::Option::Some({ #body __context_local_default as fn() -> #ty }))
         }
         None => quote!(::core::option::Option::None),
     };
     let field_name = format!("{}::{}", input.name(), field.accessor_name());
-    let space = space_tokens(space);
     let logged = field.attrs.log.map(|(format, _)| {
         let key = field.accessor_name();
         let format = match format {
@@ -100,20 +103,21 @@ fn field_static(input: &Input, field: &Field, name: &syn::Ident) -> TokenStream 
         };
         quote!(.logged(#key, #format))
     });
+    // The whole call is spanned at the field's type: the constructor's bounds
+    // (`Send`, `Clone + Send + Sync`) fail there, on the user's field.
+    let call =
+        respan(quote!(#constructor(#field_name, &__CONTEXT_LOCAL_STRUCT, __CONTEXT_LOCAL_DEFAULT)), field.ty.span());
     quote! {
-        static #name: #krate::__private::FieldDesc<#ty> = #krate::__private::FieldDesc::new(
-            #field_name,
-            &__CONTEXT_LOCAL_STRUCT,
-            #krate::__private::Space::#space,
-            #default,
-            #wrap,
-        )#logged;
+        static #name: #krate::__private::FieldDesc<#ty> = {
+            const __CONTEXT_LOCAL_DEFAULT: ::core::option::Option<fn() -> #ty> = #default;
+            #call
+        }#logged;
     }
 }
 
 fn accessor(input: &Input, field: &Field, name: &syn::Ident) -> TokenStream {
     let krate = input.krate();
-    let ty = field.ty;
+    let ty = self_to_ident(field.ty, input.ident);
     let vis = &field.original.vis;
     let accessor = field.accessor();
     let doc = format!(
@@ -140,16 +144,77 @@ fn init(input: &Input) -> (TokenStream, TokenStream) {
     let call = match &input.attrs.init {
         None => return (TokenStream::new(), quote!(::core::option::Option::None)),
         Some(Init::Default(span)) => quote_spanned!(*span=> <#ident as ::core::default::Default>::default()),
-        Some(Init::Expr(expr)) => quote_spanned!(expr.span()=> (#expr)()),
+        Some(Init::Expr(expr)) => {
+            let expr = self_to_ident(expr, ident);
+            quote_spanned!(expr.span()=> (#expr)())
+        }
     };
     let runner = quote! {
-        fn __context_local_init(batch: &mut #krate::__private::Batch) {
-            let value: #ident = #call;
-            #krate::ContextLocal::__store(value, batch);
+        fn __context_local_init(__context_local_batch: &mut #krate::__private::Batch) {
+            let __context_local_value: #ident = #call;
+            #krate::ContextLocal::__store(__context_local_value, __context_local_batch);
         }
     };
     let reference = quote! {
         ::core::option::Option::Some(__context_local_init as fn(&mut #krate::__private::Batch))
     };
     (runner, reference)
+}
+
+/// `tokens` with every `Self` replaced by the struct's name: the field
+/// descriptors and the `init` runner live outside the struct's `impl`, where
+/// `Self` means nothing, yet `Self` in a field type, a `default` or `init` is
+/// valid Rust the user may write.
+fn self_to_ident(tokens: &impl ToTokens, ident: &syn::Ident) -> TokenStream {
+    replace_self(tokens.to_token_stream(), ident)
+}
+
+fn replace_self(tokens: TokenStream, ident: &syn::Ident) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|tree| match tree {
+            TokenTree::Ident(word) if word == "Self" => {
+                let mut named = ident.clone();
+                named.set_span(word.span());
+                TokenTree::Ident(named)
+            }
+            TokenTree::Group(group) => {
+                let mut inner = Group::new(group.delimiter(), replace_self(group.stream(), ident));
+                inner.set_span(group.span());
+                TokenTree::Group(inner)
+            }
+            other => other,
+        })
+        .collect()
+}
+
+/// A struct that implements `Drop` cannot give its fields to storage one by
+/// one; this makes that a conflict whose trait name says so, at the struct's
+/// name.
+fn no_drop(input: &Input) -> TokenStream {
+    let ident = input.ident;
+    quote_spanned! {ident.span()=>
+        #[allow(non_camel_case_types, dead_code)]
+        trait ContextLocalStructMustNotImplementDrop_PutTheDropOnAFieldType {}
+        #[allow(drop_bounds)]
+        impl<T: ::core::ops::Drop> ContextLocalStructMustNotImplementDrop_PutTheDropOnAFieldType for T {}
+        impl ContextLocalStructMustNotImplementDrop_PutTheDropOnAFieldType for #ident {}
+    }
+}
+
+/// `tokens` with every span set to `span`, so an error about the whole
+/// expression lands there.
+fn respan(tokens: TokenStream, span: proc_macro2::Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut tree| {
+            if let TokenTree::Group(group) = &tree {
+                let mut inner = Group::new(group.delimiter(), respan(group.stream(), span));
+                inner.set_span(span);
+                tree = TokenTree::Group(inner);
+            }
+            tree.set_span(span);
+            tree
+        })
+        .collect()
 }

@@ -1,11 +1,12 @@
-//! [`Context`]: a set of task-scoped values, snapshots of it, and running code
-//! inside one.
+//! [`Context`] as a value: the task-scoped values it holds, its identity, and
+//! snapshots of it. Installing one on a thread is `switch.rs`'s business.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::map::{BoxedSlots, SharedMap};
-use crate::slot::{type_mismatch, Loc, Space, Stored};
-use crate::state::{with_state_raw, ThreadState};
+use crate::slot::{Loc, Space};
+use crate::value::{LocalBox, SharedArc, Stored};
 
 /// A set of task-scoped context-local values: what `contextvars.Context` is to
 /// Python.
@@ -46,8 +47,14 @@ use crate::state::{with_state_raw, ThreadState};
 #[derive(Default)]
 pub struct Context {
     pub(crate) shared: SharedMap,
-    pub(crate) local: BoxedSlots<Box<dyn std::any::Any + Send>>,
+    pub(crate) local: BoxedSlots<LocalBox>,
+    /// Which context this is, for guards and closures that must act only in
+    /// the context they started in; drawn on first need (0: not yet).
+    id: u64,
 }
+
+/// The source of context identities (0 is never drawn).
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 impl Context {
     /// An empty context: every task-scoped field is unset and every `init`
@@ -67,32 +74,7 @@ impl Context {
     /// assert_eq!(Context::new().run(|| Request::id().get()), None);
     /// ```
     pub const fn new() -> Context {
-        Context { shared: SharedMap::new(), local: BoxedSlots::new() }
-    }
-
-    /// An O(1) snapshot of the context in effect on this thread.
-    ///
-    /// It holds the inherited task-scoped values (not the `no_inherit` ones)
-    /// and which structs have run `init`. Inside a tokio task that runs with no
-    /// context the snapshot is empty, so nothing leaks from the worker thread.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use context_local::{Context, ContextLocal};
-    ///
-    /// #[derive(ContextLocal)]
-    /// struct Request {
-    ///     id: u64,
-    /// }
-    ///
-    /// Request::id().set(1);
-    /// let mut child = Context::current();
-    /// child.run(|| Request::id().set(2));
-    /// assert_eq!(Request::id().get(), Some(1));
-    /// ```
-    pub fn current() -> Context {
-        with_state_raw(|state| state.snapshot()).unwrap_or_default()
+        Context { shared: SharedMap::new(), local: BoxedSlots::new(), id: 0 }
     }
 
     /// A snapshot of this context: what [`Context::current`] would return
@@ -114,36 +96,7 @@ impl Context {
     /// assert_eq!(copy.run(|| Request::id().get()), Some(5));
     /// ```
     pub fn snapshot(&self) -> Context {
-        Context { shared: self.shared.clone(), local: BoxedSlots::new() }
-    }
-
-    /// Runs `f` with `self` as the current context, then puts the previous
-    /// context back, also when `f` panics. Writes made by `f` stay in `self`.
-    ///
-    /// # Panics
-    ///
-    /// Panics if called from a `Clone` impl of a context-local value while
-    /// that value is being read (the context cannot be swapped then).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use context_local::{Context, ContextLocal};
-    ///
-    /// #[derive(ContextLocal)]
-    /// struct Request {
-    ///     id: u64,
-    /// }
-    ///
-    /// let mut ctx = Context::new();
-    /// ctx.run(|| Request::id().set(9));
-    /// assert_eq!(Request::id().get(), None);
-    /// assert_eq!(ctx.run(|| Request::id().get()), Some(9));
-    /// ```
-    #[track_caller]
-    pub fn run<R>(&mut self, f: impl FnOnce() -> R) -> R {
-        let _installed = Installed::new(self);
-        f()
+        Context { shared: self.shared.clone(), local: BoxedSlots::new(), id: 0 }
     }
 
     /// Drops every value in this context (werkzeug's `LocalManager.cleanup`).
@@ -165,8 +118,8 @@ impl Context {
     /// assert_eq!(ctx.run(|| Request::id().get()), None);
     /// ```
     pub fn clear(&mut self) {
-        let taken = std::mem::take(self);
-        drop(taken);
+        let emptied = Context { shared: SharedMap::new(), local: BoxedSlots::new(), id: self.id };
+        drop(std::mem::replace(self, emptied));
     }
 
     /// Whether the context holds no value (and no struct has run `init` in it).
@@ -187,13 +140,37 @@ impl Context {
     pub(crate) fn swap(&mut self, other: &mut Context) {
         std::mem::swap(&mut self.shared, &mut other.shared);
         std::mem::swap(&mut self.local, &mut other.local);
+        std::mem::swap(&mut self.id, &mut other.id);
     }
 
+    /// This context's identity, drawn the first time it is asked for.
+    pub(crate) fn id(&mut self) -> u64 {
+        if self.id == 0 {
+            self.id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        }
+        self.id
+    }
+
+    /// This context's identity if one was drawn (0 otherwise: then nothing
+    /// can refer to it yet).
+    #[inline]
+    pub(crate) fn id_if_drawn(&self) -> u64 {
+        self.id
+    }
+
+    /// Whether dropping this context could run a destructor: it owns values
+    /// no snapshot shares.
+    pub(crate) fn owns_values(&self) -> bool {
+        !self.local.is_empty() || self.shared.owns_root()
+    }
+
+    /// Stores `value` in `loc`; the value displaced, if any. A value of the
+    /// wrong space (impossible through `FieldDesc`) is handed back untouched.
     pub(crate) fn insert(&mut self, loc: Loc, value: Stored) -> Option<Stored> {
         match (loc.space, value) {
             (Space::Shared, Stored::Shared(arc)) => self.shared.insert(loc.index, arc).map(Stored::Shared),
             (Space::Local, Stored::Local(boxed)) => self.local.insert(loc.index, boxed).map(Stored::Local),
-            _ => type_mismatch(),
+            (_, value) => Some(value),
         }
     }
 
@@ -201,15 +178,44 @@ impl Context {
         match loc.space {
             Space::Shared => self.shared.remove(loc.index).map(Stored::Shared),
             Space::Local => self.local.remove(loc.index).map(Stored::Local),
-            Space::Thread => type_mismatch(),
+            Space::Thread => None,
         }
+    }
+
+    /// The value in `loc`, for reading.
+    #[inline]
+    pub(crate) fn get(&self, loc: Loc) -> Option<&dyn std::any::Any> {
+        match loc.space {
+            Space::Shared => self.shared.get(loc.index).map(|arc| &**arc as &dyn std::any::Any),
+            Space::Local => self.local.get(loc.index).map(|boxed| &**boxed as &dyn std::any::Any),
+            Space::Thread => None,
+        }
+    }
+
+    /// The shared value in `loc` itself, for holding it past a borrow.
+    #[inline]
+    pub(crate) fn get_shared(&self, index: usize) -> Option<&SharedArc> {
+        self.shared.get(index)
+    }
+
+    /// Where the values are, in an order to drop them one at a time.
+    pub(crate) fn locs(&self) -> Vec<Loc> {
+        let shared = self.shared.entries().into_iter().map(|(index, _)| Loc { space: Space::Shared, index });
+        let local = self.local.indices().into_iter().map(|index| Loc { space: Space::Local, index });
+        shared.chain(local).collect()
+    }
+
+    /// Takes every value out, for dropping without installing the context.
+    pub(crate) fn take_all(&mut self) -> Vec<Stored> {
+        let locs = self.locs();
+        locs.into_iter().filter_map(|loc| self.remove(loc)).collect()
     }
 
     /// What changed from `base` (the snapshot `after` started from) to
     /// `after`: the writes to make to another context so it gets them too.
     /// Fields `after` did not touch are left out, so concurrent writes to
     /// them elsewhere survive.
-    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    #[cfg(feature = "tokio")]
     pub(crate) fn changes_since(base: &SharedMap, mut after: Context) -> Vec<(Loc, Option<Stored>)> {
         let mut changes = Vec::new();
         if !base.same_as(&after.shared) {
@@ -242,54 +248,5 @@ impl fmt::Debug for Context {
             .field("shared_values", &self.shared.entries().len())
             .field("is_empty", &self.is_empty())
             .finish()
-    }
-}
-
-impl ThreadState {
-    pub(crate) fn snapshot(&self) -> Context {
-        if self.unscoped() {
-            Context::new()
-        } else {
-            self.current.snapshot()
-        }
-    }
-}
-
-/// Keeps a context installed on this thread; puts the previous one back when
-/// dropped.
-pub(crate) struct Installed<'a> {
-    context: &'a mut Context,
-    active: bool,
-}
-
-impl<'a> Installed<'a> {
-    #[track_caller]
-    #[inline]
-    pub(crate) fn new(context: &'a mut Context) -> Installed<'a> {
-        let active = with_state_raw(|state| {
-            state.current.swap(context);
-            state.depth += 1;
-        })
-        .is_some();
-        if !active && crate::state::state_alive() {
-            panic!(
-                "context-local: a context cannot be installed from inside a `Clone` impl of a \
-                 context-local value that is being read; clone the value first and install the \
-                 context afterwards"
-            );
-        }
-        Installed { context, active }
-    }
-}
-
-impl Drop for Installed<'_> {
-    #[inline]
-    fn drop(&mut self) {
-        if self.active {
-            with_state_raw(|state| {
-                state.current.swap(self.context);
-                state.depth -= 1;
-            });
-        }
     }
 }

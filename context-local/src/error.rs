@@ -38,7 +38,8 @@ pub enum AccessError {
         field: &'static str,
     },
     /// The field was accessed inside its own `update`/`with` closure, its
-    /// struct's `init`, or its own `default`.
+    /// struct's `init` or its own `default`; or written inside a `Clone` impl
+    /// that a read of a context-local value is running.
     Reentrant {
         /// The field, as `Struct::field`.
         field: &'static str,
@@ -90,17 +91,44 @@ impl fmt::Display for AccessError {
             AccessError::Reentrant { field } => write!(
                 f,
                 "context-local `{field}` was accessed inside its own `update`/`with` closure, \
-                 `default` or its struct's `init`; finish that call first, or read the value \
+                 `default` or its struct's `init`, or written inside a `Clone` impl run by a \
+                 read of a context-local value; finish that call first, or read the value \
                  before it and pass it in"
             ),
             AccessError::Unscoped { field } => write!(
                 f,
                 "task-scoped context-local `{field}` was accessed in a tokio task that has no \
-                 context; spawn the task with `context_local::task::spawn`, or wrap its future \
-                 with `.in_current_context()` or `.in_new_context()`"
+                 context of its own (a context installed around a runtime belongs to the code \
+                 that installed it, not to the tasks the runtime polls); spawn tasks with \
+                 `context_local::task::spawn` or wrap their futures with `.in_current_context()` \
+                 / `.in_new_context()`; in a server, put `context_local::tower::ContextLayer` \
+                 outermost; run blocking closures with `context_local::task::spawn_blocking` or \
+                 `run_blocking`"
             ),
         }
     }
 }
 
 impl std::error::Error for AccessError {}
+
+/// The value, or a panic with the error's text at the caller's line.
+#[track_caller]
+#[inline]
+pub(crate) fn expect<R>(result: Result<R, AccessError>) -> R {
+    match result {
+        Ok(value) => value,
+        Err(misuse) => panic!("{misuse}"),
+    }
+}
+
+/// A plain method's result: unset is `None`, misuse is a panic with the
+/// error's text at the caller's line.
+#[track_caller]
+#[inline]
+pub(crate) fn settle<R>(result: Result<R, AccessError>) -> Option<R> {
+    match result {
+        Ok(value) => Some(value),
+        Err(AccessError::Unset { .. }) => None,
+        Err(misuse) => panic!("{misuse}"),
+    }
+}

@@ -2,13 +2,14 @@
 
 use std::any::Any;
 use std::fmt;
+use std::rc::Rc;
 
-use crate::error::AccessError;
-use crate::local::run_init;
-use crate::private::FieldDesc;
-use crate::slot::{Loc, Stored};
-use crate::state::{downcast, downcast_mut, with_state, with_state_raw, with_state_ref, Busy, BusyGuard, ThreadState};
-use crate::state::{read_fast, ValuePtr};
+use crate::descriptor::{ErasedField, FieldDesc};
+use crate::error::{expect, settle, AccessError};
+use crate::init::run_init;
+use crate::slot::{Loc, Space};
+use crate::state::{self, with_state, ThreadState, Token, Use};
+use crate::value::{drop_contained, drop_each, LocalBox, SharedArc, Stored, ThreadRc};
 
 /// One field of a `#[derive(ContextLocal)]` struct, in whatever context is
 /// current where a method is called.
@@ -70,26 +71,6 @@ impl<T: 'static> Copy for Field<T> {}
 impl<T: 'static> fmt::Debug for Field<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("Field").field(&self.desc.name).finish()
-    }
-}
-
-/// Why a read found no value.
-#[derive(Clone, Copy)]
-enum Miss {
-    /// The struct's `init` has not run in this context.
-    Init,
-    /// Nothing stored.
-    Empty,
-}
-
-/// Turns a plain method's result into its return value: unset is `None`,
-/// misuse is a panic with the error's text.
-#[track_caller]
-fn settle<R>(result: Result<R, AccessError>) -> Option<R> {
-    match result {
-        Ok(value) => Some(value),
-        Err(AccessError::Unset { .. }) => None,
-        Err(misuse) => panic!("{misuse}"),
     }
 }
 
@@ -179,7 +160,7 @@ impl<T: 'static> Field<T> {
     where
         T: Clone,
     {
-        self.read(&mut None::<fn() -> T>, false, T::clone)
+        self.read(Fill::<fn() -> T>::Default, T::clone)
     }
 
     /// Stores `value`, dropping the previous one (after the storage is
@@ -204,8 +185,7 @@ impl<T: 'static> Field<T> {
     /// ```
     #[track_caller]
     pub fn set(&self, value: T) {
-        let old = self.write(Some(value)).unwrap_or_else(|misuse| panic!("{misuse}"));
-        drop(old);
+        drop_contained(expect(self.write(Some(value))));
     }
 
     /// Stores `value` and returns the previous value.
@@ -229,8 +209,7 @@ impl<T: 'static> Field<T> {
     /// ```
     #[track_caller]
     pub fn replace(&self, value: T) -> Option<T> {
-        let old = self.write(Some(value)).unwrap_or_else(|misuse| panic!("{misuse}"));
-        old.map(Stored::into_value)
+        self.unwrap_stored(expect(self.write(Some(value))))
     }
 
     /// Moves the value out; the field is unset afterwards. A `default` is not
@@ -256,8 +235,7 @@ impl<T: 'static> Field<T> {
     /// ```
     #[track_caller]
     pub fn take(&self) -> Option<T> {
-        let old = self.write(None).unwrap_or_else(|misuse| panic!("{misuse}"));
-        old.map(Stored::into_value)
+        self.unwrap_stored(expect(self.write(None)))
     }
 
     /// Drops the value, if any; `true` if there was one. Never an error when
@@ -283,9 +261,9 @@ impl<T: 'static> Field<T> {
     /// ```
     #[track_caller]
     pub fn delete(&self) -> bool {
-        let old = self.write(None).unwrap_or_else(|misuse| panic!("{misuse}"));
+        let old = expect(self.write(None));
         let existed = old.is_some();
-        drop(old);
+        drop_contained(old);
         existed
     }
 
@@ -312,12 +290,7 @@ impl<T: 'static> Field<T> {
     /// ```
     #[track_caller]
     pub fn is_set(&self) -> bool {
-        let loc = self.loc();
-        let result = with_state(self.desc.name, loc.space, |state| match state.busy(loc) {
-            Some(Busy::Write | Busy::Init) => Err(self.reentrant()),
-            Some(Busy::Read) | None => Ok(state.contains(loc)),
-        });
-        result.unwrap_or_else(|misuse| panic!("{misuse}"))
+        expect(self.try_is_set())
     }
 
     /// Calls `f` with a reference to the value, without cloning it; `None` if
@@ -428,7 +401,7 @@ impl<T: 'static> Field<T> {
     /// assert_eq!(Counter::hits().try_update(|h| { *h += 1; *h }), Ok(2));
     /// ```
     pub fn try_update<R>(&self, f: impl FnOnce(&mut T) -> R) -> Result<R, AccessError> {
-        self.modify(None, f)
+        self.modify(Fill::<fn() -> T>::Default, f)
     }
 
     /// The value, storing `f()` first if the field is unset (after `init`).
@@ -461,7 +434,131 @@ impl<T: 'static> Field<T> {
     where
         T: Clone,
     {
-        self.read(&mut Some(f), true, T::clone).unwrap_or_else(|misuse| panic!("{misuse}"))
+        expect(self.read(Fill::Instead(f), T::clone))
+    }
+
+    /// Like [`set`](Field::set), with misuse as an error instead of a panic
+    /// (for destructors that may run at thread exit, say).
+    ///
+    /// # Errors
+    ///
+    /// The misuse errors listed at [`try_get`](Field::try_get).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use context_local::ContextLocal;
+    ///
+    /// #[derive(ContextLocal)]
+    /// struct Request {
+    ///     user: u64,
+    /// }
+    ///
+    /// assert_eq!(Request::user().try_set(5), Ok(()));
+    /// assert_eq!(Request::user().get(), Some(5));
+    /// ```
+    pub fn try_set(&self, value: T) -> Result<(), AccessError> {
+        self.write(Some(value)).map(drop_contained)
+    }
+
+    /// Like [`replace`](Field::replace), with misuse as an error.
+    ///
+    /// # Errors
+    ///
+    /// The misuse errors listed at [`try_get`](Field::try_get).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use context_local::ContextLocal;
+    ///
+    /// #[derive(ContextLocal)]
+    /// struct Request {
+    ///     user: u64,
+    /// }
+    ///
+    /// assert_eq!(Request::user().try_replace(1), Ok(None));
+    /// assert_eq!(Request::user().try_replace(2), Ok(Some(1)));
+    /// ```
+    pub fn try_replace(&self, value: T) -> Result<Option<T>, AccessError> {
+        self.write(Some(value)).map(|old| self.unwrap_stored(old))
+    }
+
+    /// Like [`take`](Field::take), with misuse as an error.
+    ///
+    /// # Errors
+    ///
+    /// The misuse errors listed at [`try_get`](Field::try_get).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use context_local::ContextLocal;
+    ///
+    /// #[derive(ContextLocal)]
+    /// struct Request {
+    ///     user: u64,
+    /// }
+    ///
+    /// Request::user().set(4);
+    /// assert_eq!(Request::user().try_take(), Ok(Some(4)));
+    /// assert_eq!(Request::user().try_take(), Ok(None));
+    /// ```
+    pub fn try_take(&self) -> Result<Option<T>, AccessError> {
+        self.write(None).map(|old| self.unwrap_stored(old))
+    }
+
+    /// Like [`delete`](Field::delete), with misuse as an error.
+    ///
+    /// # Errors
+    ///
+    /// The misuse errors listed at [`try_get`](Field::try_get).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use context_local::ContextLocal;
+    ///
+    /// #[derive(ContextLocal)]
+    /// struct Request {
+    ///     user: u64,
+    /// }
+    ///
+    /// Request::user().set(4);
+    /// assert_eq!(Request::user().try_delete(), Ok(true));
+    /// assert_eq!(Request::user().try_delete(), Ok(false));
+    /// ```
+    pub fn try_delete(&self) -> Result<bool, AccessError> {
+        let old = self.write(None)?;
+        let existed = old.is_some();
+        drop_contained(old);
+        Ok(existed)
+    }
+
+    /// Like [`is_set`](Field::is_set), with misuse as an error.
+    ///
+    /// # Errors
+    ///
+    /// The misuse errors listed at [`try_get`](Field::try_get) (not `Unset`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use context_local::ContextLocal;
+    ///
+    /// #[derive(ContextLocal)]
+    /// struct Request {
+    ///     user: u64,
+    /// }
+    ///
+    /// assert_eq!(Request::user().try_is_set(), Ok(false));
+    /// ```
+    pub fn try_is_set(&self) -> Result<bool, AccessError> {
+        let loc = self.loc();
+        state::read(self.desc.name, loc.space, |state| {
+            state.check_readable(loc, self.desc.name)?;
+            Ok(state.contains(loc))
+        })
     }
 
     /// Applies the field's `default` if it is unset (for whole-struct reads).
@@ -469,7 +566,7 @@ impl<T: 'static> Field<T> {
         if self.desc.default.is_none() {
             return Ok(());
         }
-        match self.read(&mut None::<fn() -> T>, false, |_| ()) {
+        match self.read(Fill::<fn() -> T>::Default, |_| ()) {
             Ok(()) | Err(AccessError::Unset { .. }) => Ok(()),
             Err(misuse) => Err(misuse),
         }
@@ -480,122 +577,115 @@ impl<T: 'static> Field<T> {
         self.desc.loc()
     }
 
-    fn reentrant(&self) -> AccessError {
-        AccessError::Reentrant { field: self.desc.name }
-    }
-
     fn unset(&self) -> AccessError {
         AccessError::Unset { field: self.desc.name }
+    }
+
+    /// The value as the field's type. Every value in the slot was stored
+    /// through this field's descriptor, so a mismatch means the hidden
+    /// items were misused by hand; it is a panic, never a wrong read.
+    #[inline]
+    fn cast<'v>(&self, value: &'v dyn Any) -> &'v T {
+        match value.downcast_ref::<T>() {
+            Some(value) => value,
+            None => self.mismatch(),
+        }
+    }
+
+    #[inline]
+    fn cast_mut<'v>(&self, value: Option<&'v mut dyn Any>) -> &'v mut T {
+        match value.and_then(|value| value.downcast_mut::<T>()) {
+            Some(value) => value,
+            None => self.mismatch(),
+        }
+    }
+
+    fn unwrap_stored(&self, old: Option<Stored>) -> Option<T> {
+        old.map(|old| old.into_value::<T>().unwrap_or_else(|| self.mismatch()))
+    }
+
+    #[cold]
+    fn mismatch(&self) -> ! {
+        panic!("context-local: the slot of `{}` held a value of another type", self.desc.name)
     }
 
     /// Why the value is missing here: `init` still to run, or nothing stored.
     fn miss(&self, state: &ThreadState) -> Result<Miss, AccessError> {
         match self.desc.owner.init_loc() {
-            Some(init) if state.busy(init).is_some() => Err(self.reentrant()),
-            Some(init) if !state.contains(init) => Ok(Miss::Init),
-            _ => Ok(Miss::Empty),
+            Some(init) => {
+                state.check_free(init, self.desc.name)?;
+                Ok(if state.contains(init) { Miss::Empty } else { Miss::Init })
+            }
+            None => Ok(Miss::Empty),
         }
     }
 
     /// Where the value is, for reading.
     #[inline]
-    fn probe<'s>(&self, state: &'s ThreadState, loc: Loc) -> Result<Result<&'s dyn Any, Miss>, AccessError> {
-        if let Some(Busy::Write | Busy::Init) = state.busy(loc) {
-            return Err(self.reentrant());
-        }
-        match state.peek(loc) {
-            Some(value) => Ok(Ok(value)),
-            None => self.miss(state).map(Err),
+    fn probe<'s>(&self, state: &'s ThreadState, loc: Loc) -> Result<Lookup<'s>, AccessError> {
+        state.check_readable(loc, self.desc.name)?;
+        match state.find(loc) {
+            Some(value) => Ok(Lookup::Found(value)),
+            None => self.miss(state).map(Lookup::Missing),
         }
     }
 
-    /// Runs `op` on the value while the storage is borrowed (`op` is a clone
-    /// or a projection, never user code that could reach context-locals).
-    ///
-    /// The common case (a value is there, no closure is using any field) is
-    /// inlined into the caller; everything else is [`read_slow`].
-    ///
-    /// [`read_slow`]: Field::read_slow
-    #[inline(always)]
-    fn read<F: FnOnce() -> T, R>(
-        &self,
-        fallback: &mut Option<F>,
-        prefer_fallback: bool,
-        op: impl FnOnce(&T) -> R,
-    ) -> Result<R, AccessError> {
+    /// Runs `op` on the value with the storage borrowed shared (`op` is a
+    /// clone or a projection: a `Clone` impl may read other fields, and its
+    /// writes are `Reentrant`). Runs `init`/`default`/`fill` first if needed.
+    #[inline]
+    fn read<F: FnOnce() -> T, R>(&self, mut fill: Fill<F>, op: impl FnOnce(&T) -> R) -> Result<R, AccessError> {
         let loc = self.loc();
         let mut op = Some(op);
-        let fast = read_fast(loc, |value| op.take().map(|op| op(downcast::<T>(value))));
-        if let Some(Some(result)) = fast {
-            return Ok(result);
-        }
-        self.read_slow(loc, fallback, prefer_fallback, op)
-    }
-
-    #[inline(never)]
-    fn read_slow<F: FnOnce() -> T, R>(
-        &self,
-        loc: Loc,
-        fallback: &mut Option<F>,
-        prefer_fallback: bool,
-        mut op: Option<impl FnOnce(&T) -> R>,
-    ) -> Result<R, AccessError> {
-        for _ in 0..3 {
-            let found = with_state_ref(self.desc.name, loc.space, |state| {
+        for _ in 0..PASSES {
+            let found = state::read(self.desc.name, loc.space, |state| {
                 Ok(match self.probe(state, loc)? {
-                    Ok(value) => Ok(op.take().expect("read once")(downcast::<T>(value))),
-                    Err(miss) => Err(miss),
+                    Lookup::Found(value) => Ok(op.take().map(|op| op(self.cast(value)))),
+                    Lookup::Missing(miss) => Err(miss),
                 })
             })?;
             match found {
-                Ok(result) => return Ok(result),
-                Err(miss) => self.resolve(miss, fallback, prefer_fallback)?,
+                Ok(Some(result)) => return Ok(result),
+                Ok(None) => break,
+                Err(miss) => self.resolve(miss, &mut fill)?,
             }
         }
         Err(self.unset())
     }
 
-    /// Makes a missing value appear: runs `init`, or stores the `default` (or
-    /// `fallback`); `Unset` when neither applies.
-    fn resolve<F: FnOnce() -> T>(
-        &self,
-        miss: Miss,
-        fallback: &mut Option<F>,
-        prefer_fallback: bool,
-    ) -> Result<(), AccessError> {
+    /// Makes a missing value appear: runs `init`, or stores the `default`
+    /// (or the caller's fill); `Unset` when neither applies.
+    fn resolve<F: FnOnce() -> T>(&self, miss: Miss, fill: &mut Fill<F>) -> Result<(), AccessError> {
         if let Miss::Init = miss {
             return run_init(self.desc.owner, self.desc.name);
         }
-        if prefer_fallback || self.desc.default.is_none() {
-            if let Some(make) = fallback.take() {
-                return self.store_computed(make);
-            }
-        }
-        match self.desc.default {
-            Some(make) => self.store_computed(make),
-            None => Err(self.unset()),
+        match (std::mem::replace(fill, Fill::Default), self.desc.default) {
+            (Fill::Instead(make), _) => self.store_computed(make),
+            (_, Some(make)) => self.store_computed(make),
+            (Fill::DefaultOr(make), None) => self.store_computed(make),
+            (Fill::Default, None) => Err(self.unset()),
         }
     }
 
-    /// Stores `make()`, computed with the field marked busy so that `make`
-    /// touching this field is `Reentrant` rather than endless recursion.
+    /// Stores `make()`, computed with the field marked in use so that `make`
+    /// touching this field is `Reentrant` rather than endless recursion. A
+    /// value stored meanwhile by other means wins.
     fn store_computed(&self, make: impl FnOnce() -> T) -> Result<(), AccessError> {
         let loc = self.loc();
         let name = self.desc.name;
-        with_state(name, loc.space, |state| {
+        let token = state::write(name, loc.space, |state| {
             state.check_free(loc, name)?;
-            state.push_busy(loc, Busy::Write);
-            Ok(())
+            Ok(state.begin(loc, Use::Write))
         })?;
         let value = {
-            let _busy = BusyGuard;
+            let _ending = Ending(token);
             make()
         };
-        let stored = (self.desc.wrap)(value).0;
-        let unused = with_state(name, loc.space, |state| {
+        let stored = self.desc.wrap(value);
+        let unused = state::write(name, loc.space, |state| {
             Ok(if state.contains(loc) { Some(stored) } else { state.insert(loc, stored) })
-        })?;
-        drop(unused);
+        });
+        drop_contained(unused?);
         Ok(())
     }
 
@@ -603,9 +693,9 @@ impl<T: 'static> Field<T> {
     fn write(&self, value: Option<T>) -> Result<Option<Stored>, AccessError> {
         let loc = self.loc();
         let name = self.desc.name;
-        let mut value = value.map(|value| (self.desc.wrap)(value).0);
-        for _ in 0..2 {
-            let done = with_state(name, loc.space, |state| {
+        let mut value = value.map(|value| self.desc.wrap(value));
+        for _ in 0..PASSES {
+            let done = state::write(name, loc.space, |state| {
                 state.check_free(loc, name)?;
                 if let Miss::Init = self.miss(state)? {
                     return Ok(None);
@@ -614,98 +704,229 @@ impl<T: 'static> Field<T> {
                     Some(value) => state.insert(loc, value),
                     None => state.remove(loc),
                 }))
-            })?;
+            });
             match done {
-                Some(old) => return Ok(old),
-                None => run_init(self.desc.owner, name)?,
+                Ok(Some(old)) => return Ok(old),
+                Ok(None) => run_init(self.desc.owner, name)?,
+                Err(misuse) => {
+                    drop_contained(value);
+                    return Err(misuse);
+                }
             }
         }
-        Err(self.reentrant())
+        drop_contained(value);
+        Err(AccessError::Reentrant { field: name })
     }
 
     /// Moves the value out of storage, runs `op` on it, and puts it back
-    /// (also when `op` panics).
-    fn modify<R>(&self, fallback: Option<fn() -> T>, op: impl FnOnce(&mut T) -> R) -> Result<R, AccessError> {
+    /// (also when `op` panics), unless the slot was rewritten meanwhile.
+    fn modify<F: FnOnce() -> T, R>(&self, mut fill: Fill<F>, op: impl FnOnce(&mut T) -> R) -> Result<R, AccessError> {
         let loc = self.loc();
         let name = self.desc.name;
-        let mut fallback = fallback;
-        for _ in 0..3 {
-            let taken = with_state(name, loc.space, |state| {
+        for _ in 0..PASSES {
+            let taken = state::write(name, loc.space, |state| {
                 state.check_free(loc, name)?;
-                match state.remove(loc) {
-                    Some(stored) => {
-                        state.push_busy(loc, Busy::Write);
-                        Ok(Ok(stored))
-                    }
+                match state.lease(loc) {
+                    Some(lease) => Ok(Ok(lease)),
                     None => Ok(Err(self.miss(state)?)),
                 }
             })?;
             match taken {
-                Ok(stored) => {
-                    let mut lease = Lease { loc, value: Some(stored) };
-                    let value = lease.value.as_mut().expect("leased value").as_any_mut();
-                    return Ok(op(downcast_mut::<T>(value)));
+                Ok((value, token)) => {
+                    let mut lease = Lease { loc, token, value: Some(value) };
+                    let value = lease.value.as_mut().and_then(Stored::as_any_mut);
+                    return Ok(op(self.cast_mut(value)));
                 }
-                Err(miss) => self.resolve(miss, &mut fallback, false)?,
+                Err(miss) => self.resolve(miss, &mut fill)?,
             }
         }
         Err(self.unset())
     }
 
     /// Lends the value to `op` with the storage released, so `op` may use
-    /// other fields. The value stays in its slot; a `Busy::Read` entry makes
-    /// writes to it `Reentrant` and keeps it alive until `op` returns.
-    #[inline]
+    /// other fields. The closure's frame keeps the value alive (a count of
+    /// it, or the value itself), whatever happens to the slot meanwhile.
     fn lend<R>(&self, op: impl FnOnce(&T) -> R) -> Result<R, AccessError> {
         let loc = self.loc();
-        for _ in 0..3 {
-            let found = with_state(self.desc.name, loc.space, |state| match self.mark_read(state, loc)? {
-                Some(ptr) => Ok(Ok(ptr)),
-                None => Ok(Err(self.miss(state)?)),
+        for _ in 0..PASSES {
+            let found = state::write(self.desc.name, loc.space, |state| {
+                state.check_readable(loc, self.desc.name)?;
+                match Hold::take(state, loc) {
+                    Some(hold) => Ok(Ok(hold)),
+                    None => Ok(Err(self.miss(state)?)),
+                }
             })?;
             match found {
-                Ok(ptr) => return Ok(read_marked(ptr, op)),
-                Err(miss) => self.resolve(miss, &mut None::<fn() -> T>, false)?,
+                Ok(hold) => {
+                    let value = self.cast(hold.value());
+                    return Ok(op(value));
+                }
+                Err(miss) => self.resolve(miss, &mut Fill::<fn() -> T>::Default)?,
             }
         }
         Err(self.unset())
     }
 
-    /// Lends the stored value, if there is one, as [`lend`](Field::lend)
-    /// does, but never runs `init` or `default`: for log lines.
+    /// Formats the stored value, if there is one, without running `init` or
+    /// `default`: for log lines.
     pub(crate) fn with_stored<R>(&self, op: impl FnOnce(&T) -> R) -> Result<Option<R>, AccessError> {
         let loc = self.loc();
-        let found = with_state(self.desc.name, loc.space, |state| self.mark_read(state, loc))?;
-        Ok(found.map(|ptr| read_marked(ptr, op)))
-    }
-
-    /// The address of the stored value, with a `Busy::Read` entry pushed for
-    /// it; `None` if nothing is stored.
-    #[inline]
-    fn mark_read(&self, state: &mut ThreadState, loc: Loc) -> Result<Option<ValuePtr>, AccessError> {
-        if let Some(Busy::Write | Busy::Init) = state.busy(loc) {
-            return Err(self.reentrant());
-        }
-        let ptr = state.peek_ptr(loc);
-        if ptr.is_some() {
-            state.push_busy(loc, Busy::Read);
-        }
-        Ok(ptr)
+        state::read(self.desc.name, loc.space, |state| {
+            state.check_readable(loc, self.desc.name)?;
+            Ok(state.find(loc).map(|value| op(self.cast(value))))
+        })
     }
 }
 
-/// Runs `op` on the value `ptr` points at, then pops the `Busy::Read` entry
-/// that [`Field::mark_read`] pushed for it.
-#[inline]
-fn read_marked<T: 'static, R>(ptr: ValuePtr, op: impl FnOnce(&T) -> R) -> R {
-    let _busy = BusyGuard;
-    // SAFETY: `ptr` was read from the slot of a field of type `T` under the
-    // borrow that pushed the `Busy::Read` entry `_busy` pops after `op`
-    // returns (or unwinds); the entry keeps the value alive and unchanged
-    // meanwhile (see `ValuePtr::get`).
-    #[allow(unsafe_code)]
-    let value = unsafe { ptr.get::<T>() };
-    op(value)
+/// How many times an access looks again after making a missing value appear:
+/// `init`, then `default`, then the read itself.
+const PASSES: usize = 3;
+
+/// What an access stores when the field is unset (after `init`).
+enum Fill<F> {
+    /// The field's `default`, if it has one.
+    Default,
+    /// The field's `default`, else `F` (`push` starts an empty `Vec`).
+    DefaultOr(F),
+    /// `F`, even if the field has a `default` (`get_or_insert_with`).
+    Instead(F),
+}
+
+/// Why a read found no value.
+#[derive(Clone, Copy)]
+enum Miss {
+    /// The struct's `init` has not run in this context.
+    Init,
+    /// Nothing stored.
+    Empty,
+}
+
+/// What a read found.
+enum Lookup<'s> {
+    Found(&'s dyn Any),
+    Missing(Miss),
+}
+
+/// A value lent to a `with` closure, held by the closure's frame; ends the
+/// use when dropped (also on unwind).
+struct Hold {
+    token: Token,
+    loc: Loc,
+    keep: Option<Keep>,
+}
+
+/// What keeps a lent value alive.
+enum Keep {
+    /// An inherited value: a count of it; the value stays in its slot.
+    Shared(SharedArc),
+    /// A thread-scoped value: likewise.
+    Thread(ThreadRc),
+    /// A `no_inherit` value, moved out to the frame for the call (`lender`),
+    /// or a count of one lent by an enclosing `with` of the same field.
+    Local { value: Rc<LocalBox>, lender: bool },
+}
+
+impl Hold {
+    /// Marks `loc` in use for reading and takes what keeps its value alive.
+    fn take(state: &mut ThreadState, loc: Loc) -> Option<Hold> {
+        let keep = match loc.space {
+            Space::Shared => Keep::Shared(state.current.get_shared(loc.index)?.clone()),
+            Space::Thread => Keep::Thread(state.thread_rc(loc.index)?.clone()),
+            Space::Local => match state.lend_local(loc) {
+                Some((value, token)) => {
+                    return Some(Hold { token, loc, keep: Some(Keep::Local { value, lender: true }) })
+                }
+                None => Keep::Local { value: state.lent_local(loc)?, lender: false },
+            },
+        };
+        Some(Hold { token: state.begin(loc, Use::Read), loc, keep: Some(keep) })
+    }
+
+    fn value(&self) -> &dyn Any {
+        match &self.keep {
+            Some(Keep::Shared(value)) => &**value as &dyn Any,
+            Some(Keep::Thread(value)) => &**value,
+            Some(Keep::Local { value, .. }) => &***value as &dyn Any,
+            None => &(),
+        }
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        let (token, loc) = (self.token, self.loc);
+        match self.keep.take() {
+            Some(Keep::Local { value, lender: true }) => {
+                let mut value = Some(value);
+                let leftover = with_state(|state| state.end_lend(loc, token, value.take().expect("once")));
+                drop_contained((leftover, value));
+            }
+            keep => {
+                let entry = with_state(|state| state.end(token).1);
+                // The frame's own count may be the last one (the slot was
+                // rewritten meanwhile): dropped here, contained.
+                drop_contained((entry, keep));
+            }
+        }
+    }
+}
+
+/// A value moved out of storage by `update`; put back when dropped (also on
+/// unwind), unless the slot was rewritten meanwhile.
+struct Lease {
+    loc: Loc,
+    token: Token,
+    value: Option<Stored>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let (loc, token) = (self.loc, self.token);
+        let Some(value) = self.value.take() else {
+            return;
+        };
+        let mut value = Some(value);
+        let leftovers = with_state(|state| state.put_back(loc, token, value.take().expect("once")));
+        drop_each(leftovers.unwrap_or_default().into_iter().chain(value));
+    }
+}
+
+/// Ends a use that holds no value when dropped (also on unwind).
+pub(crate) struct Ending(pub(crate) Token);
+
+impl Drop for Ending {
+    fn drop(&mut self) {
+        let token = self.0;
+        let entry = with_state(|state| state.end(token).1);
+        drop_contained(entry);
+    }
+}
+
+impl<T: 'static> ErasedField for FieldDesc<T> {
+    fn loc(&'static self) -> Loc {
+        FieldDesc::loc(self)
+    }
+
+    fn fill_default(&'static self) -> Result<(), AccessError> {
+        Field::__new(self).fill_default()
+    }
+}
+
+impl<T: 'static> crate::logged::LoggedField for FieldDesc<T> {
+    fn render(&'static self) -> Option<(&'static str, String)> {
+        let (key, format) = self.log?;
+        let value = Field::__new(self).with_stored(|value| Formatted(value, format).to_string()).ok()??;
+        Some((key, value))
+    }
+}
+
+/// A value with the formatting function its field was marked with.
+struct Formatted<'a, T>(&'a T, crate::descriptor::FormatFn<T>);
+
+impl<T> fmt::Display for Formatted<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        (self.1)(self.0, f)
+    }
 }
 
 impl<E: 'static> Field<Vec<E>> {
@@ -735,8 +956,7 @@ impl<E: 'static> Field<Vec<E>> {
     /// ```
     #[track_caller]
     pub fn push(&self, value: E) {
-        let pushed = self.modify(Some(Vec::new), |stack| stack.push(value));
-        pushed.unwrap_or_else(|misuse| panic!("{misuse}"));
+        expect(self.modify(Fill::DefaultOr(Vec::new), |stack| stack.push(value)));
     }
 
     /// Removes and returns the top of the stack; `None` if it is empty or unset.
@@ -761,7 +981,7 @@ impl<E: 'static> Field<Vec<E>> {
     /// ```
     #[track_caller]
     pub fn pop(&self) -> Option<E> {
-        settle(self.modify(None, Vec::pop)).flatten()
+        settle(self.modify(Fill::<fn() -> Vec<E>>::Default, Vec::pop)).flatten()
     }
 
     /// A clone of the top of the stack; `None` if it is empty or unset.
@@ -788,27 +1008,6 @@ impl<E: 'static> Field<Vec<E>> {
     where
         E: Clone,
     {
-        settle(self.read(&mut None::<fn() -> Vec<E>>, false, |stack| stack.last().cloned())).flatten()
+        settle(self.read(Fill::<fn() -> Vec<E>>::Default, |stack| stack.last().cloned())).flatten()
     }
-}
-
-/// A value moved out of storage by `update`; put back when dropped.
-struct Lease {
-    loc: Loc,
-    value: Option<Stored>,
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        end_use(self.loc, self.value.take());
-    }
-}
-
-/// Ends the innermost busy use and puts `value` back into `loc`.
-fn end_use(loc: Loc, value: Option<Stored>) {
-    let displaced = with_state_raw(|state| {
-        let ended = state.pop_busy();
-        (ended, value.and_then(|value| state.insert(loc, value)))
-    });
-    drop(displaced);
 }

@@ -6,10 +6,17 @@ use std::task::{Context as TaskContext, Poll};
 
 use pin_project_lite::pin_project;
 
-use crate::context::{Context, Installed};
+use crate::context::Context;
+use crate::switch::Installed;
 
 pin_project! {
     /// A future polled with its own [`Context`] installed, on any executor.
+    ///
+    /// The context belongs to the task polling the wrapper: a tokio task
+    /// polled from inside it by someone else's executor sees no context.
+    /// When the wrapper is dropped (finished or not: `select!`, an aborted
+    /// task), the inner future and then the context's own values are dropped
+    /// with the context installed, so their destructors see its values.
     ///
     /// Made by [`FutureExt::in_context`], [`FutureExt::in_current_context`],
     /// [`FutureExt::in_new_context`] and [`ContextLocal::scope`](crate::ContextLocal::scope).

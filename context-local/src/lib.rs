@@ -178,20 +178,27 @@
 //!
 //! [`log_fields`] (always available) returns the `log` fields with a value
 //! here, for any other output.
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
+// Bottom-up: each module uses only modules listed above it.
 mod context;
+mod context_local;
+mod descriptor;
 mod error;
 mod field;
 mod future;
-mod local;
+mod init;
 mod logged;
 mod map;
+mod running;
 mod slot;
 mod state;
 #[cfg(feature = "tokio")]
 mod stream;
+mod switch;
+mod value;
 
 #[doc(hidden)]
 pub mod __private {
@@ -214,10 +221,10 @@ pub mod tower;
 pub mod tracing;
 
 pub use crate::context::Context;
+pub use crate::context_local::{ContextLocal, Entered};
 pub use crate::error::AccessError;
 pub use crate::field::Field;
 pub use crate::future::{FutureExt, InContext};
-pub use crate::local::{ContextLocal, Entered};
 pub use crate::logged::log_fields;
 #[cfg(feature = "tokio")]
 pub use crate::stream::{InContextStream, StreamExt};

@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use crate::slot::SharedValue;
+use crate::value::SharedArc;
 
 /// The reference-counted pointer to a trie node: what snapshots share. Under
 /// `cfg(loom)` it is loom's, so the model checker explores every interleaving
@@ -40,7 +40,7 @@ const BITS: u32 = 4;
 const WIDTH: usize = 1 << BITS;
 const MASK: usize = WIDTH - 1;
 
-type Value = Arc<dyn SharedValue>;
+type Value = SharedArc;
 
 #[derive(Clone)]
 enum Child {
@@ -101,6 +101,15 @@ impl SharedMap {
 
     pub(crate) fn is_empty(&self) -> bool {
         self.root.is_none()
+    }
+
+    /// Whether this map is the only holder of its root node (so dropping it
+    /// may drop values); `false` for an empty map.
+    pub(crate) fn owns_root(&self) -> bool {
+        #[cfg(not(loom))]
+        return self.root.as_ref().is_some_and(|root| Arc::strong_count(root) == 1);
+        #[cfg(loom)]
+        return self.root.is_some();
     }
 
     fn height(&self) -> u32 {
@@ -165,7 +174,7 @@ impl SharedMap {
     }
 
     /// Whether `self` and `other` are the same snapshot (no write since).
-    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    #[cfg(feature = "tokio")]
     pub(crate) fn same_as(&self, other: &SharedMap) -> bool {
         match (&self.root, &other.root) {
             (Some(a), Some(b)) => NodeRef::ptr_eq(a, b),
@@ -318,6 +327,14 @@ impl<B> BoxedSlots<B> {
 
     pub(crate) fn is_empty(&self) -> bool {
         self.slots.as_ref().is_none_or(|slots| slots.is_empty())
+    }
+
+    /// The slot numbers holding a value.
+    pub(crate) fn indices(&self) -> Vec<usize> {
+        let Some(slots) = self.slots.as_ref() else {
+            return Vec::new();
+        };
+        slots.slots.iter().enumerate().filter(|(_, slot)| slot.is_some()).map(|(index, _)| index).collect()
     }
 
     /// Takes every value out, leaving no allocation behind.

@@ -1,12 +1,10 @@
-//! Slot numbers and type-erased values.
+//! Slot numbers: which slot a field owns.
 //!
 //! Every field (and every struct's "initialised" marker) gets a slot number
 //! once, the first time it is used, from one counter per [`Space`]. The number
 //! indexes the storage directly, so an access never hashes.
 
-use std::any::Any;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 
 /// Where a slot's values live.
 #[doc(hidden)]
@@ -121,82 +119,6 @@ fn assign<C: Counter>(counter: &C, cell: &C, first: impl FnOnce()) -> usize {
 pub struct Loc {
     pub(crate) space: Space,
     pub(crate) index: usize,
-}
-
-/// A value that may be shared between snapshots: copy-on-write needs `Clone`.
-pub(crate) trait SharedValue: Any + Send + Sync {
-    /// A fresh, unshared copy of the value.
-    fn clone_arc(&self) -> Arc<dyn SharedValue>;
-    /// The value boxed on its own, for moving it out.
-    fn into_boxed(self: Arc<Self>) -> Box<dyn Any + Send>;
-}
-
-impl<T: Clone + Send + Sync + 'static> SharedValue for T {
-    fn clone_arc(&self) -> Arc<dyn SharedValue> {
-        Arc::new(self.clone())
-    }
-
-    fn into_boxed(self: Arc<Self>) -> Box<dyn Any + Send> {
-        Box::new(Arc::unwrap_or_clone(self))
-    }
-}
-
-/// A type-erased stored value, in the form its space keeps.
-#[doc(hidden)]
-pub enum Stored {
-    /// In the shared map.
-    Shared(Arc<dyn SharedValue>),
-    /// In a context's own (not inherited) slots.
-    Local(Box<dyn Any + Send>),
-    /// In the thread's slots.
-    Thread(Box<dyn Any>),
-}
-
-impl Stored {
-    /// The value, for writing in place; a shared value is copied first if a
-    /// snapshot still holds it.
-    pub(crate) fn as_any_mut(&mut self) -> &mut dyn Any {
-        match self {
-            Stored::Shared(arc) => {
-                if Arc::get_mut(arc).is_none() {
-                    // Fully qualified: `Arc<dyn SharedValue>` is itself a
-                    // `SharedValue` (it is `Clone + Send + Sync`), and method
-                    // syntax would clone the `Arc`, not the value.
-                    *arc = <dyn SharedValue as SharedValue>::clone_arc(&**arc);
-                }
-                let unique = Arc::get_mut(arc).expect("a fresh copy is unshared");
-                unique as &mut dyn Any
-            }
-            Stored::Local(boxed) => &mut **boxed as &mut dyn Any,
-            Stored::Thread(boxed) => &mut **boxed,
-        }
-    }
-
-    /// Moves the value out as `T`.
-    ///
-    /// The slot number proves the type, so a mismatch is a bug in this crate.
-    pub(crate) fn into_value<T: 'static>(self) -> T {
-        let boxed: Box<dyn Any> = match self {
-            Stored::Shared(arc) => <dyn SharedValue as SharedValue>::into_boxed(arc),
-            Stored::Local(boxed) => boxed,
-            Stored::Thread(boxed) => boxed,
-        };
-        *boxed.downcast::<T>().unwrap_or_else(|_| type_mismatch())
-    }
-}
-
-/// The marker stored in a struct's init slot once `init` has run.
-pub(crate) fn init_marker(space: Space) -> Stored {
-    match space {
-        Space::Shared => Stored::Shared(Arc::new(())),
-        Space::Local => Stored::Local(Box::new(())),
-        Space::Thread => Stored::Thread(Box::new(())),
-    }
-}
-
-#[cold]
-pub(crate) fn type_mismatch() -> ! {
-    unreachable!("context-local: a slot held a value of another type (a bug in context-local)")
 }
 
 /// Model checking with loom: `RUSTFLAGS="--cfg loom" cargo test -p

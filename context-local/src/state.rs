@@ -1,263 +1,274 @@
-//! The per-thread state: the context in effect, the thread-scoped values, and
-//! the fields that a closure on this thread is using right now.
+//! Where values live on a thread: the context in effect and the task that
+//! installed it, the thread-scoped values, and the fields closures on this
+//! thread are using right now.
 //!
-//! One `thread_local!` holds it all, so finding the current context is one
-//! thread-local load. The `RefCell` around it is never borrowed while user
-//! code runs (closures, `init`, `default`, destructors): every operation takes
-//! what it needs out, releases the borrow, and puts it back. A field in use by
-//! a closure is recorded in `busy`, so touching it again is an
-//! [`AccessError::Reentrant`], never a `RefCell` panic.
+//! One `thread_local!` holds it all. Its `RefCell` is never borrowed mutably
+//! while user code runs: every operation takes what it needs out, releases
+//! the borrow, runs the user's code, and puts things back. The one place user
+//! code runs under a (shared) borrow is a `Clone` impl called by a read, so
+//! inside it reads work and writes are `Reentrant`.
 //!
-//! This is the one module with `unsafe` code, for the two things the
-//! benchmarks showed pay (issue 3): a read casts the stored value to the
-//! field's type without a `TypeId` check, since the slot number proves the
-//! type ([`downcast`]); and `with` lends the value by address instead of
-//! cloning its `Arc` ([`ValuePtr`]). What keeps a lent value alive is the
-//! `Busy::Read` entry: every path that takes a value out of the current
-//! context or the thread's slots goes through [`ThreadState::insert`] or
-//! [`ThreadState::remove`], and those park a value that is being read in its
-//! entry until the read ends, instead of handing it back to be dropped.
+//! Invariants, each stated where it is kept:
+//! - A value lent to a closure is kept alive by the closure's own frame (an
+//!   `Arc`/`Rc` count, or the value itself), never by a side list: whatever
+//!   happens to the slot meanwhile cannot free it.
+//! - A busy entry names the context it was made in, so a closure's marks
+//!   apply only there, not to whichever context happens to be current.
+//! - Everything that writes a slot goes through [`ThreadState::insert`] or
+//!   [`ThreadState::remove`], which tell a closure using that slot that its
+//!   value was displaced, so it drops the value instead of putting it back.
+//! - A context belongs to the task that installed it; task-scoped access from
+//!   any other task is `Unscoped`.
 
 use std::any::Any;
-use std::cell::{Cell, RefCell};
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::cell::RefCell;
+use std::rc::Rc;
 
 use crate::context::Context;
 use crate::error::AccessError;
 use crate::map::SlotVec;
-use crate::slot::{type_mismatch, Loc, Space, Stored};
+use crate::running::Owner;
+use crate::slot::{Loc, Space};
+use crate::value::{LocalBox, Stored, ThreadRc};
 
-/// How a closure on this thread is using a slot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Busy {
-    /// Read by `with`: other reads may go on; writes are `Reentrant`. A
-    /// value displaced from the slot meanwhile (a guard of `enter` dropped
-    /// inside the closure, say) is parked, alive, until the read ends.
+/// How a closure on this thread is using a field.
+pub(crate) enum Use {
+    /// `with` on a value that stays in its slot (the closure holds its own
+    /// count of it): reads go on, writes are `Reentrant`.
     Read,
+    /// `with` on a `no_inherit` value, moved out to the closure's frame for
+    /// the call; nested reads find it here.
+    Lent(Rc<LocalBox>),
     /// Moved out by `update`, or being computed by `default`.
     Write,
-    /// The struct's `init` is running.
+    /// The struct's `init` is running (on its marker slot).
     Init,
 }
 
-#[derive(Clone, Copy)]
-struct BusyEntry {
+/// One field in use by a closure on this thread.
+struct Busy {
+    /// The context it is used in (0 for thread-scoped fields).
+    context: u64,
     loc: Loc,
-    depth: usize,
-    kind: Busy,
+    how: Use,
+    /// Set when something that bypasses the busy checks (a guard restoring
+    /// its values, a write-back) rewrote the slot meanwhile.
+    displaced: bool,
+    /// Which use this is, for ending it.
+    token: u64,
 }
+
+/// Names one use of a field; returned by [`ThreadState::begin`], given back to
+/// [`ThreadState::end`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Token(u64);
 
 pub(crate) struct ThreadState {
     /// The context in effect on this thread: the thread's root context, or one
     /// installed by `Context::run` / `InContext`.
     pub(crate) current: Context,
-    /// How many contexts are installed on top of the root one.
-    pub(crate) depth: usize,
-    thread: SlotVec<Box<dyn Any>>,
-    busy: Vec<BusyEntry>,
-    /// Values displaced while being read, with the position in `busy` of the
-    /// read that keeps them alive.
-    parked: Vec<(usize, Stored)>,
-}
-
-/// The thread-local: the state, and the flag that stands in for a shared
-/// borrow of it during a fast read (one thread-local, so one lookup).
-struct Tls {
-    cell: RefCell<ThreadState>,
-    /// Set while [`read_fast`] runs a `Clone` impl on a value it reads
-    /// without a `RefCell` borrow; mutable access is refused meanwhile.
-    reading: Cell<bool>,
+    /// The tokio task that installed `current` (none for the root context).
+    pub(crate) owner: Owner,
+    thread: SlotVec<ThreadRc>,
+    busy: Vec<Busy>,
+    next_token: u64,
 }
 
 thread_local! {
-    static STATE: Tls = const {
-        Tls {
-            cell: RefCell::new(ThreadState {
-                current: Context::new(),
-                depth: 0,
-                thread: SlotVec::new(),
-                busy: Vec::new(),
-                parked: Vec::new(),
-            }),
-            reading: Cell::new(false),
-        }
+    static STATE: RefCell<ThreadState> = const {
+        RefCell::new(ThreadState {
+            current: Context::new(),
+            owner: Owner::NONE,
+            thread: SlotVec::new(),
+            busy: Vec::new(),
+            next_token: 0,
+        })
     };
 }
 
-/// Marks a fast read in progress; clears the mark when dropped (also when
-/// the `Clone` impl panics).
-struct ReadingGuard<'a>(&'a Cell<bool>);
+/// Why the state could not be had at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Blocked {
+    /// Torn down at thread exit.
+    Destroyed,
+    /// Borrowed by a read running a `Clone` impl on this thread.
+    Borrowed,
+}
 
-impl<'a> ReadingGuard<'a> {
-    #[inline(always)]
-    fn set(flag: &'a Cell<bool>) -> ReadingGuard<'a> {
-        flag.set(true);
-        ReadingGuard(flag)
+impl Blocked {
+    pub(crate) fn error(self, field: &'static str) -> AccessError {
+        match self {
+            Blocked::Destroyed => AccessError::Destroyed { field },
+            Blocked::Borrowed => AccessError::Reentrant { field },
+        }
     }
 }
 
-impl Drop for ReadingGuard<'_> {
-    #[inline(always)]
-    fn drop(&mut self) {
-        self.0.set(false);
-    }
-}
-
-/// Runs `f` on this thread's state, checking that `space` may be used here.
-///
-/// `field` names the access in errors: the state is being destroyed
-/// (`Destroyed`), is borrowed by a `Clone` impl running inside an access
-/// (`Reentrant`), or a task-scoped access comes from a tokio task with no
-/// context (`Unscoped`).
+/// Runs `f` on this thread's state, borrowed shared, after checking that
+/// `space` may be used here. `f` may run a `Clone` impl: user code, which can
+/// read (shared borrows nest) but not write.
 #[inline]
-pub(crate) fn with_state<R>(
-    field: &'static str,
-    space: Space,
-    f: impl FnOnce(&mut ThreadState) -> Result<R, AccessError>,
-) -> Result<R, AccessError> {
-    STATE
-        .try_with(|tls| {
-            if tls.reading.get() {
-                return Err(AccessError::Reentrant { field });
-            }
-            let mut state = tls.cell.try_borrow_mut().map_err(|_| AccessError::Reentrant { field })?;
-            if space != Space::Thread {
-                state.check_scoped(field)?;
-            }
-            f(&mut state)
-        })
-        .unwrap_or(Err(AccessError::Destroyed { field }))
-}
-
-/// Like [`with_state`], for reads that run no user code but `Clone`: the
-/// state is borrowed shared, so a `Clone` impl may read other fields.
-#[inline]
-pub(crate) fn with_state_ref<R>(
+pub(crate) fn read<R>(
     field: &'static str,
     space: Space,
     f: impl FnOnce(&ThreadState) -> Result<R, AccessError>,
 ) -> Result<R, AccessError> {
     STATE
-        .try_with(|tls| {
-            let state = tls.cell.try_borrow().map_err(|_| AccessError::Reentrant { field })?;
-            if space != Space::Thread {
-                state.check_scoped(field)?;
-            }
+        .try_with(|cell| {
+            let state = cell.try_borrow().map_err(|_| AccessError::Reentrant { field })?;
+            state.check_scope(field, space)?;
             f(&state)
         })
         .unwrap_or(Err(AccessError::Destroyed { field }))
 }
 
-/// Runs `f` on the value in `loc` in the common case, cheaply: the state is
-/// alive and not borrowed, no closure on this thread is using a field, the
-/// access is in scope, and a value is stored. `None` sends the caller to its
-/// full path, which handles every other case.
-///
-/// The state is read without a `RefCell` borrow: counting the borrow in and
-/// out makes every read wait on the previous one's store to the counter, which
-/// the benchmarks showed to be most of a read's cost. A flag (`READING`) that
-/// only ever gets constants stored stands in for the borrow while `f` (a
-/// `Clone` impl: user code) runs, and every mutable access refuses to start
-/// while it is set.
-#[inline(always)]
-#[allow(unsafe_code)]
-pub(crate) fn read_fast<R>(loc: Loc, f: impl FnOnce(&dyn Any) -> R) -> Option<R> {
-    STATE
-        .try_with(|tls| {
-            if tls.reading.get() {
-                // A `Clone` impl reading another field: the full path borrows.
-                return None;
-            }
-            // SAFETY: the reference lives until this closure returns. No
-            // mutable borrow exists now (`try_borrow_unguarded` checks), and
-            // none can start before we return: the code below runs no user
-            // code until `ReadingGuard::set`, and from then on every mutable
-            // borrow of `STATE` (only `with_state` and `with_state_raw` take
-            // one) refuses to start while `READING` is set. The guard clears
-            // it only when `f` has returned or unwound.
-            let state = unsafe { tls.cell.try_borrow_unguarded() }.ok()?;
-            // At depth 0 a task-scoped read must first rule out an unscoped
-            // tokio task, which the full path does.
-            if !state.busy.is_empty() || (loc.space != Space::Thread && state.depth == 0) {
-                return None;
-            }
-            let value = state.peek(loc)?;
-            let _reading = ReadingGuard::set(&tls.reading);
-            Some(f(value))
-        })
-        .ok()
-        .flatten()
+/// Runs `f` on this thread's state, borrowed mutably, after checking that
+/// `space` may be used here. `f` must run no user code.
+#[inline]
+pub(crate) fn write<R>(
+    field: &'static str,
+    space: Space,
+    f: impl FnOnce(&mut ThreadState) -> Result<R, AccessError>,
+) -> Result<R, AccessError> {
+    let result = with_state(|state| {
+        state.check_scope(field, space)?;
+        f(state)
+    });
+    result.unwrap_or_else(|blocked| Err(blocked.error(field)))
 }
 
-/// Runs `f` on this thread's state without scope checks; `None` once the
-/// state is destroyed (or, from inside a `Clone` impl of a stored value,
-/// borrowed).
+/// Runs `f` on this thread's state, borrowed mutably, without scope checks.
+/// `f` must run no user code.
 #[inline]
-pub(crate) fn with_state_raw<R>(f: impl FnOnce(&mut ThreadState) -> R) -> Option<R> {
+pub(crate) fn with_state<R>(f: impl FnOnce(&mut ThreadState) -> R) -> Result<R, Blocked> {
     STATE
-        .try_with(|tls| {
-            if tls.reading.get() {
-                return None;
-            }
-            tls.cell.try_borrow_mut().ok().map(|mut state| f(&mut state))
+        .try_with(|cell| match cell.try_borrow_mut() {
+            Ok(mut state) => Ok(f(&mut state)),
+            Err(_) => Err(Blocked::Borrowed),
         })
-        .ok()
-        .flatten()
+        .unwrap_or(Err(Blocked::Destroyed))
+}
+
+/// Runs `f` on this thread's state, borrowed shared, without scope checks.
+#[inline]
+pub(crate) fn peek_state<R>(f: impl FnOnce(&ThreadState) -> R) -> Result<R, Blocked> {
+    STATE
+        .try_with(|cell| match cell.try_borrow() {
+            Ok(state) => Ok(f(&state)),
+            Err(_) => Err(Blocked::Borrowed),
+        })
+        .unwrap_or(Err(Blocked::Destroyed))
 }
 
 impl ThreadState {
+    /// Fails with `Unscoped` if a task-scoped access comes from a task other
+    /// than the one that installed the current context.
     #[inline]
-    fn check_scoped(&self, field: &'static str) -> Result<(), AccessError> {
-        if self.unscoped() {
-            Err(AccessError::Unscoped { field })
-        } else {
-            Ok(())
+    pub(crate) fn check_scope(&self, field: &'static str, space: Space) -> Result<(), AccessError> {
+        if space != Space::Thread && self.unscoped() {
+            return Err(AccessError::Unscoped { field });
         }
+        Ok(())
     }
 
-    /// Whether a tokio task with no context is running here (task-scoped
-    /// values must not be read from the thread's root context then).
+    /// Whether the task running now is not the one the current context
+    /// belongs to (a tokio task polled inside someone else's context, or in
+    /// the thread's root context).
     #[inline]
     pub(crate) fn unscoped(&self) -> bool {
-        self.depth == 0 && crate::task::in_runtime_task()
+        self.owner != Owner::running()
     }
 
-    /// The stored value in `loc`, for reading.
-    #[inline(always)]
-    pub(crate) fn peek(&self, loc: Loc) -> Option<&dyn Any> {
+    /// The context a use of `loc` is keyed by (0 for thread scope).
+    #[inline]
+    fn context_of(&self, loc: Loc) -> u64 {
         match loc.space {
-            Space::Shared => self.current.shared.get(loc.index).map(|arc| &**arc as &dyn Any),
-            Space::Local => self.current.local.get(loc.index).map(|boxed| &**boxed as &dyn Any),
-            Space::Thread => self.thread.get(loc.index).map(|boxed| &**boxed),
+            Space::Thread => 0,
+            _ => self.current.id_if_drawn(),
         }
     }
 
+    /// The innermost use of `loc` in the current context.
     #[inline]
-    pub(crate) fn contains(&self, loc: Loc) -> bool {
-        self.peek(loc).is_some()
+    fn use_of(&self, loc: Loc) -> Option<&Busy> {
+        if self.busy.is_empty() {
+            return None;
+        }
+        let context = self.context_of(loc);
+        self.busy.iter().rev().find(|busy| busy.loc == loc && busy.context == context)
     }
 
-    /// The address of the value stored in `loc`, for lending it to `with`.
+    /// Fails with `Reentrant` if a closure is using `loc` here in a way that
+    /// rules out reading it (`update`, `default`, `init`).
     #[inline]
-    pub(crate) fn peek_ptr(&self, loc: Loc) -> Option<ValuePtr> {
-        self.peek(loc).map(|value| ValuePtr(value as *const dyn Any as *const ()))
+    pub(crate) fn check_readable(&self, loc: Loc, field: &'static str) -> Result<(), AccessError> {
+        match self.use_of(loc) {
+            Some(Busy { how: Use::Write | Use::Init, .. }) => Err(AccessError::Reentrant { field }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Fails with `Reentrant` if a closure is using `loc` here at all.
+    #[inline]
+    pub(crate) fn check_free(&self, loc: Loc, field: &'static str) -> Result<(), AccessError> {
+        match self.use_of(loc) {
+            Some(_) => Err(AccessError::Reentrant { field }),
+            None => Ok(()),
+        }
+    }
+
+    /// The value in `loc` here, for reading: in its slot, or lent to a
+    /// `with` closure that is still running.
+    #[inline]
+    pub(crate) fn find(&self, loc: Loc) -> Option<&dyn Any> {
+        let stored = match loc.space {
+            Space::Thread => self.thread.get(loc.index).map(|rc| &**rc),
+            _ => self.current.get(loc),
+        };
+        stored.or_else(|| self.lent(loc))
+    }
+
+    fn lent(&self, loc: Loc) -> Option<&dyn Any> {
+        match self.use_of(loc)? {
+            Busy { how: Use::Lent(value), displaced: false, .. } => Some(&***value as &dyn Any),
+            _ => None,
+        }
+    }
+
+    /// Whether a value is there (see [`find`](ThreadState::find)).
+    #[inline]
+    pub(crate) fn contains(&self, loc: Loc) -> bool {
+        self.find(loc).is_some()
+    }
+
+    /// The thread-scoped value in `loc` itself, to hold it past the borrow.
+    pub(crate) fn thread_rc(&self, index: usize) -> Option<&ThreadRc> {
+        self.thread.get(index)
     }
 
     /// Stores `value` in `loc`; returns the value displaced, to be dropped
-    /// after the borrow ends. A displaced value that a `with` closure is
-    /// reading is parked in its busy entry instead (see the module docs).
+    /// after the borrow ends. A closure using the slot is told.
     pub(crate) fn insert(&mut self, loc: Loc, value: Stored) -> Option<Stored> {
-        let old = match (loc.space, value) {
-            (Space::Thread, Stored::Thread(boxed)) => self.thread.insert(loc.index, boxed).map(Stored::Thread),
+        self.mark_displaced(loc);
+        match (loc.space, value) {
+            (Space::Thread, Stored::Thread(rc)) => self.thread.insert(loc.index, rc).map(Stored::Thread),
+            (Space::Thread, value) => Some(value),
             (_, value) => self.current.insert(loc, value),
-        };
-        self.park_if_read(loc, old)
+        }
     }
 
-    /// Stores every value, returning the ones displaced (for dropping outside
-    /// the borrow).
-    pub(crate) fn insert_all(&mut self, items: impl IntoIterator<Item = (Loc, Stored)>) -> Vec<Stored> {
-        items.into_iter().filter_map(|(loc, value)| self.insert(loc, value)).collect()
+    /// Empties `loc`; returns the value. A closure using the slot is told.
+    pub(crate) fn remove(&mut self, loc: Loc) -> Option<Stored> {
+        self.mark_displaced(loc);
+        self.take_slot(loc)
+    }
+
+    /// Empties `loc` for a closure that is about to use the value itself.
+    fn take_slot(&mut self, loc: Loc) -> Option<Stored> {
+        match loc.space {
+            Space::Thread => self.thread.remove(loc.index).map(Stored::Thread),
+            _ => self.current.remove(loc),
+        }
     }
 
     /// Makes each write (`None` empties the slot); returns the values
@@ -270,167 +281,123 @@ impl ThreadState {
         applied.flatten().collect()
     }
 
-    /// Empties `loc`; returns the value, unless a `with` closure is reading
-    /// it: then it is parked until the read ends and `None` is returned. A
-    /// caller that hands the value to the user checks [`check_free`] first,
-    /// so it never sees the parked case.
-    ///
-    /// [`check_free`]: ThreadState::check_free
-    pub(crate) fn remove(&mut self, loc: Loc) -> Option<Stored> {
-        let old = match loc.space {
-            Space::Thread => self.thread.remove(loc.index).map(Stored::Thread),
-            _ => self.current.remove(loc),
-        };
-        self.park_if_read(loc, old)
-    }
-
-    #[inline]
-    fn park_if_read(&mut self, loc: Loc, old: Option<Stored>) -> Option<Stored> {
-        let old = old?;
+    fn mark_displaced(&mut self, loc: Loc) {
         if self.busy.is_empty() {
-            return Some(old);
+            return;
         }
-        let depth = self.depth;
-        let reading = self.busy.iter().rposition(|entry| {
-            entry.loc == loc && (loc.space == Space::Thread || entry.depth == depth) && entry.kind == Busy::Read
-        });
-        match reading {
-            Some(at) => {
-                self.parked.push((at, old));
-                None
+        let context = self.context_of(loc);
+        for busy in self.busy.iter_mut().filter(|busy| busy.loc == loc && busy.context == context) {
+            if matches!(busy.how, Use::Lent(_) | Use::Write) {
+                busy.displaced = true;
             }
-            None => Some(old),
         }
     }
 
-    /// How a closure on this thread is using `loc` in the current context.
-    #[inline]
-    pub(crate) fn busy(&self, loc: Loc) -> Option<Busy> {
-        if self.busy.is_empty() {
+    /// Records that a closure uses `loc` here from now on.
+    pub(crate) fn begin(&mut self, loc: Loc, how: Use) -> Token {
+        let context = match loc.space {
+            Space::Thread => 0,
+            _ => self.current.id(),
+        };
+        self.next_token += 1;
+        let token = self.next_token;
+        self.busy.push(Busy { context, loc, how, displaced: false, token });
+        Token(token)
+    }
+
+    /// Moves the value out of `loc` for `update`, marking the slot in use.
+    pub(crate) fn lease(&mut self, loc: Loc) -> Option<(Stored, Token)> {
+        let value = self.take_slot(loc)?;
+        Some((value, self.begin(loc, Use::Write)))
+    }
+
+    /// Moves a `no_inherit` value out of `loc` for `with`, into a count the
+    /// closure's frame holds; nested reads find it through the busy entry.
+    pub(crate) fn lend_local(&mut self, loc: Loc) -> Option<(Rc<LocalBox>, Token)> {
+        let Some(Stored::Local(boxed)) = self.take_slot(loc) else {
             return None;
-        }
-        self.busy
-            .iter()
-            .rev()
-            .find(|entry| entry.loc == loc && (loc.space == Space::Thread || entry.depth == self.depth))
-            .map(|entry| entry.kind)
+        };
+        let value = Rc::new(boxed);
+        let token = self.begin(loc, Use::Lent(value.clone()));
+        Some((value, token))
     }
 
-    /// Fails with `Reentrant` if a closure here is using `loc` at all.
-    #[inline]
-    pub(crate) fn check_free(&self, loc: Loc, field: &'static str) -> Result<(), AccessError> {
-        match self.busy(loc) {
-            None => Ok(()),
-            Some(_) => Err(AccessError::Reentrant { field }),
+    /// Inside a `with` of a `no_inherit` value, a count of the value it lent.
+    pub(crate) fn lent_local(&self, loc: Loc) -> Option<Rc<LocalBox>> {
+        match self.use_of(loc)? {
+            Busy { how: Use::Lent(value), displaced: false, .. } => Some(value.clone()),
+            _ => None,
         }
     }
 
-    #[inline]
-    pub(crate) fn push_busy(&mut self, loc: Loc, kind: Busy) {
-        self.busy.push(BusyEntry { loc, depth: self.depth, kind });
+    /// Ends the use of a `with` that moved a `no_inherit` value out: puts it
+    /// back unless the slot was rewritten meanwhile; returns it otherwise, to
+    /// be dropped after the borrow ends.
+    pub(crate) fn end_lend(&mut self, loc: Loc, token: Token, value: Rc<LocalBox>) -> Option<LocalBox> {
+        let (displaced, entry) = self.end(token);
+        // The entry's count is not the last (`value` is another): dropping it
+        // runs no user code.
+        drop(entry);
+        let value = Rc::try_unwrap(value).ok()?;
+        if displaced {
+            return Some(value);
+        }
+        match self.current.insert(loc, Stored::Local(value)) {
+            Some(Stored::Local(value)) => Some(value),
+            _ => None,
+        }
     }
 
-    /// Ends the innermost use; uses end in reverse order, also when unwinding.
-    /// Returns the values parked by it, to be dropped after the borrow ends.
-    #[inline]
-    pub(crate) fn pop_busy(&mut self) -> Vec<Stored> {
-        self.busy.pop();
-        let live = self.busy.len();
-        match self.parked.iter().position(|(at, _)| *at >= live) {
-            Some(first) => self.parked.drain(first..).map(|(_, value)| value).collect(),
-            None => Vec::new(),
+    /// Ends a use. Returns whether the slot was rewritten meanwhile (then the
+    /// closure's value must not be put back) and the entry's own hold on a
+    /// lent value, to be dropped after the borrow ends.
+    pub(crate) fn end(&mut self, token: Token) -> (bool, Option<Use>) {
+        match self.busy.iter().rposition(|busy| busy.token == token.0) {
+            Some(at) => {
+                let busy = self.busy.remove(at);
+                (busy.displaced, Some(busy.how))
+            }
+            None => (true, None),
         }
+    }
+
+    /// Puts a closure's value back into `loc` when its use ends, unless the
+    /// slot was rewritten meanwhile; returns what is left to drop.
+    pub(crate) fn put_back(&mut self, loc: Loc, token: Token, value: Stored) -> Vec<Stored> {
+        let (displaced, _entry) = self.end(token);
+        if displaced {
+            return vec![value];
+        }
+        match loc.space {
+            Space::Thread => self.insert_quiet(loc, value),
+            _ => self.current.insert(loc, value).into_iter().collect(),
+        }
+    }
+
+    fn insert_quiet(&mut self, loc: Loc, value: Stored) -> Vec<Stored> {
+        match value {
+            Stored::Thread(rc) => self.thread.insert(loc.index, rc).map(Stored::Thread).into_iter().collect(),
+            value => vec![value],
+        }
+    }
+
+    /// Takes every thread-scoped value out (thread exit).
+    fn take_thread_values(&mut self) -> Vec<ThreadRc> {
+        self.thread.drain().map(|(_, value)| value).collect()
     }
 }
 
 impl Drop for ThreadState {
     fn drop(&mut self) {
         // The thread is exiting and this thread-local is marked destroyed, so
-        // any access from the destructors below is `Destroyed`. A destructor
-        // that panics must not abort the process: each value is dropped on
-        // its own, and a panic is contained to it.
-        let mut context = std::mem::take(&mut self.current);
-        for (_, value) in context.local.drain() {
-            let _ = catch_unwind(AssertUnwindSafe(|| drop(value)));
-        }
-        let _ = catch_unwind(AssertUnwindSafe(|| drop(context)));
-        for (_, value) in self.thread.drain() {
-            let _ = catch_unwind(AssertUnwindSafe(|| drop(value)));
-        }
-    }
-}
-
-/// Pops the innermost busy entry when dropped (also on unwind).
-pub(crate) struct BusyGuard;
-
-impl Drop for BusyGuard {
-    #[inline]
-    fn drop(&mut self) {
-        with_state_raw(|state| state.pop_busy());
-    }
-}
-
-/// Casts a value read from a field's slot to the field's type `T`.
-///
-/// Every value in a slot was stored through the one `FieldDesc<T>` that owns
-/// the slot number (`SlotCell` numbers are unique, and `FieldDesc::wrap` is a
-/// `fn(T) -> Erased`), so the slot proves the type and the `TypeId` check,
-/// a call through the vtable, is left to debug builds (every test runs them).
-///
-/// `T` must be the type of the field that owns the slot `value` was read from.
-#[inline]
-#[allow(unsafe_code)]
-pub(crate) fn downcast<T: 'static>(value: &dyn Any) -> &T {
-    if cfg!(debug_assertions) && !value.is::<T>() {
-        type_mismatch();
-    }
-    // SAFETY: `value` came from the slot of a `FieldDesc<T>`, which only ever
-    // stores a `T` (see above; debug builds check it). A `&dyn Any` to a `T`
-    // points at the `T`, so dropping the metadata gives a valid `&T` with the
-    // same lifetime.
-    unsafe { &*(value as *const dyn Any as *const T) }
-}
-
-/// Casts a value being written through a field's slot; as [`downcast`].
-#[inline]
-#[allow(unsafe_code)]
-pub(crate) fn downcast_mut<T: 'static>(value: &mut dyn Any) -> &mut T {
-    if cfg!(debug_assertions) && !(*value).is::<T>() {
-        type_mismatch();
-    }
-    // SAFETY: as in `downcast`: the slot proves the value is a `T`, and the
-    // unique borrow of the `dyn Any` becomes a unique borrow of the `T`.
-    unsafe { &mut *(value as *mut dyn Any as *mut T) }
-}
-
-/// The address of a value lent to a `with` closure while the state is not
-/// borrowed.
-#[derive(Clone, Copy)]
-pub(crate) struct ValuePtr(*const ());
-
-impl ValuePtr {
-    /// The value as the field's type.
-    ///
-    /// # Safety
-    ///
-    /// `T` must be the type of the field whose slot the pointer was read from,
-    /// and a `Busy::Read` entry for that slot, pushed under the same borrow
-    /// that read the pointer, must stay on the busy list for as long as the
-    /// reference is used. The entry keeps the value alive: the only ways a
-    /// value leaves the current context or the thread's slots are
-    /// `ThreadState::insert` and `remove`, which park a read value in its
-    /// entry rather than hand it back; writes through `Field` fail with
-    /// `Reentrant` first; and a context that is not current cannot be reached
-    /// by the closure (`Context::run` and `InContext` hold it mutably
-    /// borrowed until the closure's frame is gone). Values live in their own
-    /// heap allocation (`Arc` or `Box`), so the map or vector holding them may
-    /// move or copy its entries without moving the value.
-    #[inline]
-    #[allow(unsafe_code)]
-    pub(crate) unsafe fn get<'a, T: 'static>(self) -> &'a T {
-        // SAFETY: the caller upholds the contract above: the pointer is the
-        // address of a live `T` that nothing frees or mutates while `'a` lasts.
-        unsafe { &*(self.0 as *const T) }
+        // any access from the destructors below is `Destroyed`, and installing
+        // a context is impossible: the current context drops its values one by
+        // one where it is (see `Context`'s `Drop`), then the thread's values
+        // go, each destructor contained on its own.
+        drop(std::mem::take(&mut self.current));
+        let mut drops = crate::value::Drops::default();
+        drops.drop_all(self.take_thread_values());
+        drops.swallow();
     }
 }
 

@@ -6,6 +6,7 @@ use std::task::{Context as TaskContext, Poll};
 use futures_core::Stream;
 use pin_project_lite::pin_project;
 
+use crate::switch::Installed;
 use crate::Context;
 
 /// Runs a [`Stream`]'s polls inside a [`Context`], as
@@ -38,7 +39,7 @@ use crate::Context;
 pub trait StreamExt: Stream + Sized {
     /// Polls the stream inside `context`.
     fn in_context(self, context: Context) -> InContextStream<Self> {
-        InContextStream { stream: self, context }
+        InContextStream { stream: Some(self), context }
     }
 
     /// Polls the stream inside a snapshot of the current context.
@@ -50,12 +51,25 @@ pub trait StreamExt: Stream + Sized {
 impl<S: Stream> StreamExt for S {}
 
 pin_project! {
-    /// A stream polled inside a [`Context`]; see [`StreamExt`].
+    /// A stream polled inside a [`Context`]; see [`StreamExt`]. When dropped,
+    /// the inner stream and then the context's values are dropped with the
+    /// context installed.
     #[derive(Debug)]
+    #[must_use = "streams do nothing unless polled"]
     pub struct InContextStream<S> {
         #[pin]
-        stream: S,
+        stream: Option<S>,
         context: Context,
+    }
+
+    impl<S> PinnedDrop for InContextStream<S> {
+        fn drop(this: Pin<&mut Self>) {
+            let mut this = this.project();
+            if this.stream.is_some() {
+                let _installed = Installed::new(this.context);
+                this.stream.set(None);
+            }
+        }
     }
 }
 
@@ -71,11 +85,14 @@ impl<S: Stream> Stream for InContextStream<S> {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<S::Item>> {
         let this = self.project();
-        let stream = this.stream;
-        this.context.run(|| stream.poll_next(cx))
+        let _installed = Installed::new(this.context);
+        match this.stream.as_pin_mut() {
+            Some(stream) => stream.poll_next(cx),
+            None => Poll::Ready(None),
+        }
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        self.stream.size_hint()
+        self.stream.as_ref().map_or((0, Some(0)), Stream::size_hint)
     }
 }

@@ -10,20 +10,6 @@
 #[cfg(feature = "tokio")]
 pub use self::with_tokio::*;
 
-/// Whether a tokio task is running on this thread right now.
-#[cfg(feature = "tokio")]
-#[inline]
-pub(crate) fn in_runtime_task() -> bool {
-    tokio::task::try_id().is_some()
-}
-
-/// Without tokio, no task can run unscoped.
-#[cfg(not(feature = "tokio"))]
-#[inline]
-pub(crate) fn in_runtime_task() -> bool {
-    false
-}
-
 #[cfg(feature = "tokio")]
 mod with_tokio {
     use std::future::Future;
@@ -33,7 +19,8 @@ mod with_tokio {
 
     use crate::context::Context;
     use crate::future::FutureExt;
-    use crate::state::with_state_raw;
+    use crate::state::{peek_state, with_state};
+    use crate::value::drop_each;
 
     /// [`tokio::spawn`], with the child in an O(1) snapshot of the caller's
     /// context.
@@ -153,7 +140,10 @@ mod with_tokio {
     /// # Panics
     ///
     /// Resumes `f`'s panic; panics if the runtime shuts down before `f` ran,
-    /// or outside a tokio runtime.
+    /// or outside a tokio runtime. Panics at the call if called from a tokio
+    /// task that has no context of its own (there is nothing to write back
+    /// into), and when the future finishes if it was moved to another context
+    /// meanwhile.
     ///
     /// # Examples
     ///
@@ -177,12 +167,27 @@ mod with_tokio {
     /// assert_eq!(Request::rows().get(), Some(10)); // written back
     /// # });
     /// ```
-    pub async fn run_blocking<F, R>(f: F) -> R
+    #[track_caller]
+    pub fn run_blocking<F, R>(f: F) -> impl Future<Output = R> + Send
     where
         F: FnOnce() -> R + Send + 'static,
         R: Send + 'static,
     {
-        let mut context = Context::current();
+        if peek_state(|state| state.unscoped()).unwrap_or(false) {
+            panic!("{}", unscoped_blocking());
+        }
+        blocking_with_write_back(f)
+    }
+
+    async fn blocking_with_write_back<F, R>(f: F) -> R
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let (mut context, started_in) = match with_state(|state| (state.current.snapshot(), state.current.id())) {
+            Ok(started) => started,
+            Err(_) => (Context::new(), 0),
+        };
         let base = context.shared.clone();
         let handle = tokio::task::spawn_blocking(move || {
             let outcome = catch_unwind(AssertUnwindSafe(|| context.run(f)));
@@ -193,13 +198,36 @@ mod with_tokio {
             Err(error) if error.is_panic() => resume_unwind(error.into_panic()),
             Err(_) => panic!("the tokio runtime shut down before `run_blocking`'s closure ran"),
         };
-        let changes = Context::changes_since(&base, after);
-        let displaced = with_state_raw(|state| state.apply(changes));
-        drop(displaced);
+        let mut changes = Some(Context::changes_since(&base, after));
+        let applied = with_state(|state| {
+            if state.current.id_if_drawn() != started_in || state.unscoped() {
+                return None;
+            }
+            Some(state.apply(changes.take().unwrap_or_default()))
+        });
+        let unapplied = changes.into_iter().flatten().filter_map(|(_, value)| value);
+        match applied {
+            Ok(Some(displaced)) => drop_each(displaced.into_iter().chain(unapplied)),
+            _ => {
+                drop_each(unapplied);
+                panic!(
+                    "context-local: `run_blocking`'s future finished in another context than the one \
+                     it started in, so what its closure wrote could not be written back; await it \
+                     in the task that created it"
+                );
+            }
+        }
         match outcome {
             Ok(value) => value,
             Err(panic) => resume_unwind(panic),
         }
+    }
+
+    fn unscoped_blocking() -> &'static str {
+        "context_local::task::run_blocking was called in a tokio task that has no context of its \
+         own, so there is no context to read from and write back into; spawn the task with \
+         `context_local::task::spawn` (or wrap its future with `.in_current_context()` / \
+         `.in_new_context()`), and in a server put `context_local::tower::ContextLayer` outermost"
     }
 
     /// Spawning into a [`tokio::task::JoinSet`] with the caller's context.

@@ -4,11 +4,13 @@ use std::future::Future;
 use std::marker::PhantomData;
 
 use crate::context::Context;
-use crate::error::AccessError;
+use crate::descriptor::{Batch, Parts, StructDesc};
+use crate::error::{expect, AccessError};
 use crate::future::{FutureExt, InContext};
-use crate::private::{Batch, Parts, StructDesc};
-use crate::slot::{Loc, Space, Stored};
-use crate::state::{with_state, with_state_raw, Busy, BusyGuard, ThreadState};
+use crate::init::run_init;
+use crate::slot::{Loc, Space};
+use crate::state::{self, with_state, Blocked, ThreadState};
+use crate::value::{drop_each, Stored};
 
 /// A struct whose fields live in the current context (task scope) or thread
 /// (thread scope). Implemented by `#[derive(ContextLocal)]`; the derive also
@@ -81,16 +83,20 @@ pub trait ContextLocal: Sized + 'static {
         let desc = Self::__descriptor();
         let mut batch = Batch::default();
         self.__store(&mut batch);
-        let saved = with_state(desc.name, desc.space(), |state| {
+        let mut items = Some(batch.with_marker(desc));
+        let entered = state::write(desc.name, desc.space(), |state| {
             check_struct_free(state, desc)?;
-            let mut saved: Vec<(Loc, Option<Stored>)> = Vec::with_capacity(batch.items.len() + 1);
-            for (loc, value) in batch.items.into_iter().chain(desc.marker()) {
-                saved.push((loc, state.insert(loc, value)));
-            }
-            Ok(saved)
+            let context = match desc.space() {
+                Space::Thread => 0,
+                _ => state.current.id(),
+            };
+            let items = items.take().unwrap_or_default();
+            let saved = items.into_iter().map(|(loc, value)| (loc, state.insert(loc, value))).collect();
+            Ok((context, saved))
         });
-        let saved = saved.unwrap_or_else(|misuse| panic!("{misuse}"));
-        Entered { saved, _owner: PhantomData, _not_send: PhantomData }
+        drop_each(items.into_iter().flatten().map(|(_, value)| value));
+        let (context, saved) = expect(entered);
+        Entered { context, space: desc.space(), saved, _owner: PhantomData, _not_send: PhantomData }
     }
 
     /// Runs `fut` in a snapshot of the current context with every field set
@@ -131,21 +137,23 @@ pub trait ContextLocal: Sized + 'static {
         let mut context = Context::current();
         let mut batch = Batch::default();
         self.__store(&mut batch);
-        for (loc, value) in batch.items.into_iter().chain(desc.marker()) {
-            drop(context.insert(loc, value));
-        }
+        drop_each(batch.with_marker(desc).into_iter().filter_map(|(loc, value)| context.insert(loc, value)));
         fut.in_context(context)
     }
 
     /// A clone of every field (after `init`/`default`); `None` if any field is
     /// unset.
     ///
-    /// The values are moved out, cloned as a whole struct and put back, so
-    /// `Self: Clone` is all that is needed.
+    /// For a task-scoped struct whose fields are all inherited, each field is
+    /// cloned on its own while every value stays in place, so a field's
+    /// `Clone` impl may read its siblings. Otherwise the values are moved
+    /// out, cloned as a whole struct and put back (also if `Clone` panics),
+    /// so `Self: Clone` is all that is needed.
     ///
     /// # Panics
     ///
-    /// On misuse, as [`Field::try_get`](crate::Field::try_get) describes.
+    /// On misuse, as [`Field::try_get`](crate::Field::try_get) describes, and
+    /// if a `Clone` impl panics (nothing is lost then).
     ///
     /// # Examples
     ///
@@ -169,14 +177,15 @@ pub trait ContextLocal: Sized + 'static {
     where
         Self: Clone,
     {
-        let value = Self::take()?;
-        let copy = value.clone();
         let desc = Self::__descriptor();
-        let mut batch = Batch::default();
-        value.__store(&mut batch);
-        let displaced = with_state(desc.name, desc.space(), |state| Ok(state.insert_all(batch.items)));
-        drop(displaced.unwrap_or_else(|misuse| panic!("{misuse}")));
-        Some(copy)
+        expect(prepare(desc));
+        if desc.all_shared() {
+            let counts = expect(shared_counts(desc))?;
+            return Some(Self::__load(&mut Parts { items: counts.into_iter() }));
+        }
+        let taken = expect(take_fields(desc))?;
+        let value = PutBack::<Self>(Some(Self::__load(&mut Parts { items: taken.into_iter() })));
+        value.0.clone()
     }
 
     /// Moves every field out (after `init`/`default`). All must be set: else
@@ -208,7 +217,8 @@ pub trait ContextLocal: Sized + 'static {
     #[track_caller]
     fn take() -> Option<Self> {
         let desc = Self::__descriptor();
-        let taken = take_fields(desc).unwrap_or_else(|misuse| panic!("{misuse}"))?;
+        expect(prepare(desc));
+        let taken = expect(take_fields(desc))?;
         Some(Self::__load(&mut Parts { items: taken.into_iter() }))
     }
 
@@ -238,79 +248,79 @@ pub trait ContextLocal: Sized + 'static {
     #[track_caller]
     fn clear() {
         let desc = Self::__descriptor();
-        let displaced = with_state(desc.name, desc.space(), |state| {
+        let removed = state::write(desc.name, desc.space(), |state| {
             check_struct_free(state, desc)?;
-            let locs = desc.fields.iter().map(|field| field.loc()).chain(desc.init_loc());
-            Ok(locs.filter_map(|loc| state.remove(loc)).collect::<Vec<_>>())
+            Ok(desc.locs().filter_map(|loc| state.remove(loc)).collect::<Vec<_>>())
         });
-        drop(displaced.unwrap_or_else(|misuse| panic!("{misuse}")));
+        drop_each(expect(removed));
     }
 }
 
 /// Fails with `Reentrant` if any field of the struct (or its `init`) is in use
-/// by a closure on this thread.
+/// by a closure here.
 fn check_struct_free(state: &ThreadState, desc: &'static StructDesc) -> Result<(), AccessError> {
-    for loc in desc.fields.iter().map(|field| field.loc()).chain(desc.init_loc()) {
+    for loc in desc.locs() {
         state.check_free(loc, desc.name)?;
     }
     Ok(())
 }
 
-/// Moves every field of the struct out, after `init` and defaults; `None` if
-/// one is unset.
-fn take_fields(desc: &'static StructDesc) -> Result<Option<Vec<Stored>>, AccessError> {
+/// Runs `init` and every field's `default`, for whole-struct reads.
+fn prepare(desc: &'static StructDesc) -> Result<(), AccessError> {
     run_init(desc, desc.name)?;
-    for field in desc.fields {
-        field.fill_default()?;
-    }
-    with_state(desc.name, desc.space(), |state| {
+    desc.fields.iter().try_for_each(|field| field.fill_default())
+}
+
+/// Moves every field of the struct out; `None` (and nothing moved) if one is
+/// unset.
+fn take_fields(desc: &'static StructDesc) -> Result<Option<Vec<Stored>>, AccessError> {
+    state::write(desc.name, desc.space(), |state| {
         check_struct_free(state, desc)?;
         if !desc.fields.iter().all(|field| state.contains(field.loc())) {
             return Ok(None);
         }
-        let taken = desc.fields.iter().map(|field| state.remove(field.loc()).expect("checked above"));
-        Ok(Some(taken.collect()))
+        Ok(Some(desc.fields.iter().filter_map(|field| state.remove(field.loc())).collect()))
     })
 }
 
-/// Runs the struct's `init` here if it has one that has not run yet.
-///
-/// `init` runs with the storage released, so it may use other structs; using
-/// its own struct is `Reentrant`. If it panics, nothing is stored and the next
-/// access runs it again.
-pub(crate) fn run_init(desc: &'static StructDesc, field: &'static str) -> Result<(), AccessError> {
-    let (Some(init), Some(marker)) = (desc.init, desc.init_loc()) else {
-        return Ok(());
-    };
-    let due = with_state(field, desc.space(), |state| {
-        if state.busy(marker).is_some() {
-            return Err(AccessError::Reentrant { field });
+/// A count of every field's value (all inherited), to clone them one by one
+/// outside any borrow; `None` if one is unset.
+fn shared_counts(desc: &'static StructDesc) -> Result<Option<Vec<Stored>>, AccessError> {
+    state::read(desc.name, desc.space(), |state| {
+        for loc in desc.locs() {
+            state.check_readable(loc, desc.name)?;
         }
-        if state.contains(marker) {
-            return Ok(false);
-        }
-        state.push_busy(marker, Busy::Init);
-        Ok(true)
-    })?;
-    if !due {
-        return Ok(());
+        let counts = desc.fields.iter().map(|field| state.current.get_shared(field.loc().index).cloned());
+        Ok(counts.map(|count| count.map(Stored::Shared)).collect())
+    })
+}
+
+/// A struct moved out of storage for cloning; its values go back when this
+/// is dropped (also if the clone panics).
+struct PutBack<S: ContextLocal>(Option<S>);
+
+impl<S: ContextLocal> Drop for PutBack<S> {
+    fn drop(&mut self) {
+        let Some(value) = self.0.take() else {
+            return;
+        };
+        let mut batch = Batch::default();
+        value.__store(&mut batch);
+        let mut items = Some(batch.into_items());
+        let displaced = with_state(|state| state.apply(items.take().into_iter().flatten().map(|(l, v)| (l, Some(v)))));
+        drop_each(displaced.unwrap_or_default().into_iter().chain(items.into_iter().flatten().map(|(_, v)| v)));
     }
-    let mut batch = Batch::default();
-    {
-        let _busy = BusyGuard;
-        init(&mut batch);
-    }
-    let displaced =
-        with_state(field, desc.space(), |state| Ok(state.insert_all(batch.items.into_iter().chain(desc.marker()))))?;
-    drop(displaced);
-    Ok(())
 }
 
 /// The guard returned by [`ContextLocal::enter`]: restores what the fields held
 /// before when dropped.
 ///
-/// `!Send` and `!Sync`: it restores into the thread (and context) it was made
-/// on, so it cannot be held across an `.await` in a task that may move.
+/// `!Send` and `!Sync`: it restores into the thread it was made on, and for a
+/// task-scoped struct only into the context it was made in (like a
+/// `contextvars` token). Dropped while another context is current (another
+/// task's, a snapshot, a context installed with `Context::run`), it changes
+/// nothing there; debug builds say so on stderr. Dropped inside a `Clone` impl
+/// that a read is running, it cannot restore, and panics saying so.
 ///
 /// # Examples
 ///
@@ -330,6 +340,9 @@ pub(crate) fn run_init(desc: &'static StructDesc, field: &'static str) -> Result
 /// ```
 #[must_use = "the values are unset again as soon as the guard is dropped"]
 pub struct Entered<S> {
+    /// The context entered (0 for a thread-scoped struct).
+    context: u64,
+    space: Space,
     saved: Vec<(Loc, Option<Stored>)>,
     _owner: PhantomData<fn() -> S>,
     _not_send: PhantomData<*const ()>,
@@ -337,10 +350,41 @@ pub struct Entered<S> {
 
 impl<S> Drop for Entered<S> {
     fn drop(&mut self) {
-        let saved = std::mem::take(&mut self.saved);
-        // Restore in reverse, so the first value saved for a slot wins.
-        let displaced = with_state_raw(move |state| state.apply(saved.into_iter().rev()));
-        drop(displaced);
+        let mut saved = std::mem::take(&mut self.saved);
+        let (context, space) = (self.context, self.space);
+        let restored = with_state(|state| {
+            let here = space == Space::Thread || (state.current.id_if_drawn() == context && !state.unscoped());
+            if !here {
+                return None;
+            }
+            // Restore in reverse, so the first value saved for a slot wins.
+            Some(state.apply(std::mem::take(&mut saved).into_iter().rev()))
+        });
+        let leftovers = saved.into_iter().filter_map(|(_, value)| value);
+        match restored {
+            Ok(Some(displaced)) => drop_each(displaced.into_iter().chain(leftovers)),
+            Ok(None) => {
+                if cfg!(debug_assertions) {
+                    eprintln!(
+                        "context-local: an `Entered` guard was dropped outside the context it was \
+                         made in; nothing was restored there"
+                    );
+                }
+                drop_each(leftovers);
+            }
+            Err(Blocked::Destroyed) => drop_each(leftovers),
+            Err(Blocked::Borrowed) => {
+                drop_each(leftovers);
+                let reason = "context-local: an `Entered` guard was dropped inside a `Clone` impl \
+                              that a read of a context-local value is running, so it could not \
+                              restore the previous values; drop the guard outside the `Clone` impl";
+                if std::thread::panicking() {
+                    eprintln!("{reason}");
+                } else {
+                    panic!("{reason}");
+                }
+            }
+        }
     }
 }
 
