@@ -198,11 +198,14 @@ impl Context {
         self.shared.get(index)
     }
 
-    /// Where the values are, in an order to drop them one at a time.
+    /// Where the values are, in the order to drop them one at a time: the
+    /// context's own (`no_inherit`) values first, typically connections and
+    /// other resources whose destructors log with the inherited values, which
+    /// are still there then.
     pub(crate) fn locs(&self) -> Vec<Loc> {
-        let shared = self.shared.entries().into_iter().map(|(index, _)| Loc { space: Space::Shared, index });
         let local = self.local.indices().into_iter().map(|index| Loc { space: Space::Local, index });
-        shared.chain(local).collect()
+        let shared = self.shared.entries().into_iter().map(|(index, _)| Loc { space: Space::Shared, index });
+        local.chain(shared).collect()
     }
 
     /// Takes every value out, for dropping without installing the context.

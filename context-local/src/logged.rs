@@ -2,6 +2,7 @@
 //! itself the first time it is used in the process (a field never used has
 //! no value anywhere), and [`log_fields`] renders the ones set here.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 
@@ -51,6 +52,32 @@ pub fn log_fields() -> Vec<(&'static str, String)> {
     if !ANY.load(Ordering::Acquire) {
         return Vec::new();
     }
+    // A field's `Display` that itself logs would come back here, and again
+    // for its own line, until the stack overflows: the nested line gets no
+    // context fields instead.
+    let Some(_rendering) = Rendering::enter() else {
+        return Vec::new();
+    };
     let fields = FIELDS.lock().unwrap_or_else(PoisonError::into_inner).clone();
     fields.into_iter().filter_map(|field| field.render()).collect()
+}
+
+thread_local! {
+    static RENDERING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks this thread as rendering log fields; `None` if it already is.
+struct Rendering;
+
+impl Rendering {
+    fn enter() -> Option<Rendering> {
+        let busy = RENDERING.try_with(|flag| flag.replace(true)).unwrap_or(true);
+        (!busy).then_some(Rendering)
+    }
+}
+
+impl Drop for Rendering {
+    fn drop(&mut self) {
+        let _ = RENDERING.try_with(|flag| flag.set(false));
+    }
 }

@@ -5,6 +5,11 @@
 //! here runs the job in a snapshot of the context it was submitted from (as
 //! [`task::spawn`](crate::task) does for tokio tasks), and restores whatever
 //! the worker had afterwards, so nothing one job sets is seen by the next.
+//! While these functions wait for their jobs, an empty context is installed,
+//! so a job stolen meanwhile does not see the waiting caller's values. Plain
+//! rayon calls (`rayon::join`, `par_iter()` without the adaptor) inside a job
+//! wait with the job's context installed: use the functions here inside jobs
+//! that carry request values.
 //! Writes inside a job stay in its snapshot, as with `contextvars`'
 //! `copy_context().run`. Thread-scoped values belong to the worker thread and
 //! are not carried.
@@ -33,10 +38,17 @@
 //! assert_eq!((a.as_deref(), b.as_deref()), (Some("acme"), Some("acme")));
 //! ```
 
-use rayon::iter::plumbing::{Consumer, Folder, UnindexedConsumer};
+use rayon::iter::plumbing::{Consumer, Folder, Reducer, UnindexedConsumer};
 use rayon::iter::ParallelIterator;
 
 use crate::Context;
+
+/// Runs a blocking rayon call in an empty context. While a worker waits for
+/// the jobs it started, rayon may run other callers' jobs on it (work
+/// stealing); they must not see the waiting caller's values.
+fn while_waiting<R>(call: impl FnOnce() -> R) -> R {
+    Context::new().run(call)
+}
 
 /// `rayon::spawn`, with `job` run in a snapshot of the current context.
 pub fn spawn<F>(job: F)
@@ -57,7 +69,7 @@ where
     RB: Send,
 {
     let (mut for_a, mut for_b) = (Context::current(), Context::current());
-    rayon::join(move || for_a.run(a), move || for_b.run(b))
+    while_waiting(|| rayon::join(move || for_a.run(a), move || for_b.run(b)))
 }
 
 /// `ThreadPool::install`, with `op` run in a snapshot of the current context.
@@ -67,7 +79,7 @@ where
     R: Send,
 {
     let mut context = Context::current();
-    pool.install(move || context.run(op))
+    while_waiting(|| pool.install(move || context.run(op)))
 }
 
 /// `rayon::scope`, with `op` and every job spawned through the [`Scope`] run
@@ -78,7 +90,7 @@ where
     R: Send,
 {
     let mut context = Context::current();
-    rayon::scope(move |inner| context.run(|| op(&Scope { inner })))
+    while_waiting(|| rayon::scope(move |inner| context.run(|| op(&Scope { inner }))))
 }
 
 /// A `rayon::Scope` whose jobs carry the spawner's context.
@@ -124,7 +136,8 @@ impl<I: ParallelIterator> ParallelIterator for InContextIter<I> {
     where
         C: UnindexedConsumer<Self::Item>,
     {
-        self.base.drive_unindexed(ContextConsumer { base: consumer, context: self.context })
+        let consumer = ContextConsumer { base: consumer, context: self.context };
+        while_waiting(|| self.base.drive_unindexed(consumer))
     }
 
     fn opt_len(&self) -> Option<usize> {
@@ -140,11 +153,12 @@ struct ContextConsumer<C> {
 
 impl<T, C: Consumer<T>> Consumer<T> for ContextConsumer<C> {
     type Folder = ContextFolder<C::Folder>;
-    type Reducer = C::Reducer;
+    type Reducer = ContextReducer<C::Reducer>;
     type Result = C::Result;
 
     fn split_at(self, index: usize) -> (Self, Self, Self::Reducer) {
         let (left, right, reducer) = self.base.split_at(index);
+        let reducer = ContextReducer { base: reducer, context: self.context.snapshot() };
         let right = ContextConsumer { base: right, context: self.context.snapshot() };
         (ContextConsumer { base: left, context: self.context }, right, reducer)
     }
@@ -164,7 +178,21 @@ impl<T, C: UnindexedConsumer<T>> UnindexedConsumer<T> for ContextConsumer<C> {
     }
 
     fn to_reducer(&self) -> Self::Reducer {
-        self.base.to_reducer()
+        ContextReducer { base: self.base.to_reducer(), context: self.context.snapshot() }
+    }
+}
+
+/// Runs the downstream reducer (`reduce`, `sum`, the halves of `collect`, ...)
+/// in a snapshot of the submitter's context.
+struct ContextReducer<R> {
+    base: R,
+    context: Context,
+}
+
+impl<T, R: Reducer<T>> Reducer<T> for ContextReducer<R> {
+    fn reduce(self, left: T, right: T) -> T {
+        let ContextReducer { base, context } = self;
+        context.snapshot().run(|| base.reduce(left, right))
     }
 }
 
@@ -177,9 +205,11 @@ struct ContextFolder<F> {
 impl<T, F: Folder<T>> Folder<T> for ContextFolder<F> {
     type Result = F::Result;
 
+    /// Each item starts from the submitter's values: writes made while
+    /// processing one item are not seen by the next.
     fn consume(self, item: T) -> Self {
-        let ContextFolder { base, mut context } = self;
-        let base = context.run(|| base.consume(item));
+        let ContextFolder { base, context } = self;
+        let base = context.snapshot().run(|| base.consume(item));
         ContextFolder { base, context }
     }
 
@@ -187,14 +217,12 @@ impl<T, F: Folder<T>> Folder<T> for ContextFolder<F> {
     where
         I: IntoIterator<Item = T>,
     {
-        let ContextFolder { base, mut context } = self;
-        let base = context.run(|| base.consume_iter(iter));
-        ContextFolder { base, context }
+        iter.into_iter().fold(self, Folder::consume)
     }
 
     fn complete(self) -> Self::Result {
-        let ContextFolder { base, mut context } = self;
-        context.run(|| base.complete())
+        let ContextFolder { base, context } = self;
+        context.snapshot().run(|| base.complete())
     }
 
     fn full(&self) -> bool {

@@ -105,3 +105,268 @@ fn mismatched_parts_panic_instead_of_reading_another_type() {
     let items: Vec<_> = batch.into_items().into_iter().map(|(_, value)| value).collect();
     let _: String = Parts { items: items.into_iter() }.next(&REQUEST_CONN);
 }
+
+/// A value that counts its drops, may panic when dropped, and may run a hook
+/// (a closure stored in a thread-local) when cloned.
+#[derive(Debug, PartialEq)]
+struct Probe {
+    id: u32,
+    panic_on_drop: bool,
+}
+
+thread_local! {
+    static DROPPED: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+    static ON_CLONE: std::cell::RefCell<Option<Box<dyn FnOnce()>>> = const { std::cell::RefCell::new(None) };
+}
+
+impl Probe {
+    fn new(id: u32) -> Probe {
+        Probe { id, panic_on_drop: false }
+    }
+
+    fn panicky(id: u32) -> Probe {
+        Probe { id, panic_on_drop: true }
+    }
+}
+
+impl Clone for Probe {
+    fn clone(&self) -> Probe {
+        if let Some(hook) = ON_CLONE.with(|hook| hook.borrow_mut().take()) {
+            hook();
+        }
+        Probe { id: self.id + 1000, panic_on_drop: false }
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        DROPPED.with(|dropped| dropped.borrow_mut().push(self.id));
+        if self.panic_on_drop {
+            panic!("probe {} panics on drop", self.id);
+        }
+    }
+}
+
+fn dropped() -> Vec<u32> {
+    let mut ids = DROPPED.with(|dropped| std::mem::take(&mut *dropped.borrow_mut()));
+    ids.sort_unstable();
+    ids
+}
+
+struct Pair {
+    a: Probe,
+    b: Probe,
+}
+
+static PAIR: StructDesc = StructDesc::new("Pair", Space::Thread, None, &[&PAIR_A, &PAIR_B]);
+static PAIR_A: FieldDesc<Probe> = FieldDesc::thread("Pair::a", &PAIR, None);
+static PAIR_B: FieldDesc<Probe> = FieldDesc::thread("Pair::b", &PAIR, None);
+
+impl ContextLocal for Pair {
+    fn __descriptor() -> &'static StructDesc {
+        &PAIR
+    }
+    fn __store(self, batch: &mut Batch) {
+        batch.put(&PAIR_A, self.a);
+        batch.put(&PAIR_B, self.b);
+    }
+    fn __load(parts: &mut Parts) -> Self {
+        Pair { a: parts.next(&PAIR_A), b: parts.next(&PAIR_B) }
+    }
+}
+
+struct Shared {
+    x: Probe,
+    y: Probe,
+}
+
+static SHARED: StructDesc = StructDesc::new("Shared", Space::Shared, None, &[&SHARED_X, &SHARED_Y]);
+static SHARED_X: FieldDesc<Probe> = FieldDesc::shared("Shared::x", &SHARED, None);
+static SHARED_Y: FieldDesc<Probe> = FieldDesc::local("Shared::y", &SHARED, None);
+
+impl ContextLocal for Shared {
+    fn __descriptor() -> &'static StructDesc {
+        &SHARED
+    }
+    fn __store(self, batch: &mut Batch) {
+        batch.put(&SHARED_X, self.x);
+        batch.put(&SHARED_Y, self.y);
+    }
+    fn __load(parts: &mut Parts) -> Self {
+        Shared { x: parts.next(&SHARED_X), y: parts.next(&SHARED_Y) }
+    }
+}
+
+fn field<T>(desc: &'static FieldDesc<T>) -> Field<T> {
+    Field::__new(desc)
+}
+
+/// Runs `f` on a fresh thread, so thread-locals and root contexts start empty.
+fn on_thread<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+    std::thread::spawn(f).join().expect("test thread")
+}
+
+#[test]
+fn a_guard_dropped_inside_nested_with_leaves_the_lent_value_alive() {
+    on_thread(|| {
+        let guard = Pair { a: Probe::new(1), b: Probe::new(2) }.enter();
+        let seen = field(&PAIR_A).with(move |a| {
+            field(&PAIR_B).with(move |_| drop(guard));
+            a.id
+        });
+        assert_eq!(seen, Some(1), "the value lent to the outer closure was read after the guard restored");
+        assert!(!field(&PAIR_A).is_set() && !field(&PAIR_B).is_set(), "the guard's restore won");
+        assert_eq!(dropped(), [1, 2], "each value dropped once, after the closures ended");
+    });
+}
+
+#[test]
+fn a_guard_dropped_inside_with_of_inherited_and_no_inherit_fields() {
+    on_thread(|| {
+        let guard = Shared { x: Probe::new(1), y: Probe::new(2) }.enter();
+        let seen = field(&SHARED_Y).with(move |y| {
+            let inner = field(&SHARED_Y).with(|again| again.id);
+            field(&SHARED_X).with(move |_| drop(guard));
+            (y.id, inner, field(&SHARED_Y).is_set())
+        });
+        assert_eq!(seen, Some((2, Some(2), false)), "nested reads see the lent value until the restore");
+        assert!(!field(&SHARED_X).is_set() && !field(&SHARED_Y).is_set());
+        assert_eq!(dropped(), [1, 2]);
+    });
+}
+
+#[test]
+fn a_restore_inside_update_wins_over_the_updated_value() {
+    on_thread(|| {
+        field(&SHARED_X).set(Probe::new(1));
+        let guard = Shared { x: Probe::new(2), y: Probe::new(3) }.enter();
+        let updated = field(&SHARED_X).update(move |x| {
+            drop(guard);
+            x.id = 20;
+            x.id
+        });
+        assert_eq!(updated, Some(20));
+        assert_eq!(field(&SHARED_X).with(|x| x.id), Some(1), "the restored value stays");
+        assert_eq!(dropped(), [3, 20], "the updated value was dropped, not put back");
+    });
+}
+
+#[test]
+fn a_guard_dropped_in_another_context_changes_nothing_there() {
+    on_thread(|| {
+        field(&SHARED_X).set(Probe::new(7));
+        let mut ctx = Context::new();
+        let guard = ctx.run(|| Shared { x: Probe::new(1), y: Probe::new(2) }.enter());
+        drop(guard);
+        assert_eq!(field(&SHARED_X).with(|x| x.id), Some(7));
+        assert_eq!(ctx.run(|| field(&SHARED_X).with(|x| x.id)), Some(1), "the guard's own context kept its values");
+        assert_eq!(dropped(), Vec::<u32>::new(), "nothing was restored, so nothing was displaced");
+        drop(ctx);
+        assert_eq!(dropped(), [1, 2]);
+    });
+}
+
+#[test]
+fn several_panicking_destructors_are_each_contained() {
+    on_thread(|| {
+        field(&SHARED_X).set(Probe::panicky(1));
+        field(&SHARED_Y).set(Probe::panicky(2));
+        let cleared = std::panic::catch_unwind(|| Shared::clear());
+        assert!(cleared.is_err(), "the first panic reaches the caller");
+        assert_eq!(dropped(), [1, 2], "both values were dropped");
+
+        let mut ctx = Context::new();
+        ctx.run(|| {
+            field(&SHARED_X).set(Probe::panicky(3));
+            field(&SHARED_Y).set(Probe::panicky(4));
+        });
+        assert!(std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ctx.clear())).is_err());
+        assert_eq!(dropped(), [3, 4]);
+    });
+}
+
+#[test]
+fn a_panicking_destructor_during_unwinding_does_not_abort() {
+    on_thread(|| {
+        let guard = Pair { a: Probe::panicky(1), b: Probe::new(2) }.enter();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            field(&PAIR_A).with(move |_| {
+                drop(guard);
+                panic!("the closure panics while it holds the last count of a panicking value");
+            })
+        }));
+        assert!(outcome.is_err());
+        assert_eq!(dropped(), [1, 2]);
+    });
+}
+
+#[test]
+fn values_with_panicking_destructors_are_dropped_at_thread_exit() {
+    let ids = on_thread(|| {
+        field(&SHARED_X).set(Probe::panicky(1));
+        field(&PAIR_A).set(Probe::panicky(2));
+        field(&PAIR_B).set(Probe::panicky(3));
+        std::thread::spawn(|| {
+            field(&SHARED_X).set(Probe::panicky(4));
+            field(&SHARED_Y).set(Probe::panicky(5));
+            field(&PAIR_A).set(Probe::panicky(6));
+        })
+        .join()
+        .expect("the thread exits without aborting the process");
+        dropped()
+    });
+    assert!(ids.is_empty(), "another thread's values are its own: {ids:?}");
+}
+
+/// A `no_inherit` value whose destructor reads a sibling field.
+struct Watcher;
+
+static WATCHED: std::sync::Mutex<Vec<Option<u64>>> = std::sync::Mutex::new(Vec::new());
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        WATCHED.lock().unwrap().push(field(&REQUEST_ID).get());
+    }
+}
+
+static WATCH: StructDesc = StructDesc::new("Watch", Space::Shared, None, &[&WATCH_WATCHER]);
+static WATCH_WATCHER: FieldDesc<Watcher> = FieldDesc::local("Watch::watcher", &WATCH, None);
+
+#[test]
+fn a_context_drops_its_values_inside_itself() {
+    on_thread(|| {
+        field(&REQUEST_ID).set(1);
+        let mut ctx = Context::new();
+        ctx.run(|| {
+            field(&REQUEST_ID).set(2);
+            field(&WATCH_WATCHER).set(Watcher);
+        });
+        drop(ctx);
+        assert_eq!(field(&REQUEST_ID).get(), Some(1), "the caller's context is back");
+    });
+    assert_eq!(*WATCHED.lock().unwrap(), [Some(2)], "the destructor saw its own context's sibling");
+}
+
+#[test]
+fn inside_a_clone_impl_reads_and_snapshots_work_and_a_guard_drop_panics() {
+    on_thread(|| {
+        field(&SHARED_X).set(Probe::new(1));
+        let guard = std::rc::Rc::new(std::cell::RefCell::new(Some(Pair { a: Probe::new(5), b: Probe::new(6) }.enter())));
+        let taken = guard.clone();
+        let snapshot = std::rc::Rc::new(std::cell::RefCell::new(None));
+        let keep = snapshot.clone();
+        ON_CLONE.with(|hook| {
+            *hook.borrow_mut() = Some(Box::new(move || {
+                *keep.borrow_mut() = Some(Context::current());
+                drop(taken.borrow_mut().take());
+            }))
+        });
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| field(&SHARED_X).get()));
+        let message = outcome.expect_err("dropping a guard inside Clone cannot restore: a clear panic");
+        let text = message.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| message.downcast_ref::<String>().cloned());
+        assert!(text.unwrap_or_default().contains("inside a `Clone` impl"));
+        let mut snapshot = snapshot.borrow_mut().take().expect("the hook ran");
+        assert_eq!(snapshot.run(|| field(&SHARED_X).with(|x| x.id)), Some(1), "a real snapshot");
+        drop(guard);
+    });
+}

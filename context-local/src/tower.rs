@@ -50,6 +50,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::field::Field;
+use crate::switch::Installed;
 use crate::{Context, InContext};
 
 /// A hook that does nothing: the default for [`ContextLayer::on_request`].
@@ -240,17 +241,29 @@ where
             Poll::Pending => return Poll::Pending,
         };
         let context = future.take_context();
-        Poll::Ready(output.map(|response| response.map(|body| ContextBody { body, context })))
+        Poll::Ready(output.map(|response| response.map(|body| ContextBody { body: Some(body), context })))
     }
 }
 
 pin_project! {
     /// A response body whose frames are produced inside the request's
-    /// context (for streaming bodies that read context-locals).
+    /// context (for streaming bodies that read context-locals). When it is
+    /// dropped (sent, or abandoned by a client that disconnected), the inner
+    /// body and then the context's values are dropped inside the context too.
     pub struct ContextBody<B> {
         #[pin]
-        body: B,
+        body: Option<B>,
         context: Context,
+    }
+
+    impl<B> PinnedDrop for ContextBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            let mut this = this.project();
+            if this.body.is_some() {
+                let _installed = Installed::new(this.context);
+                this.body.set(None);
+            }
+        }
     }
 }
 
@@ -273,15 +286,18 @@ impl<B: Body> Body for ContextBody<B> {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         let this = self.project();
-        let body = this.body;
-        this.context.run(|| body.poll_frame(cx))
+        let _installed = Installed::new(this.context);
+        match this.body.as_pin_mut() {
+            Some(body) => body.poll_frame(cx),
+            None => Poll::Ready(None),
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.body.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        self.body.as_ref().map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }
