@@ -8,7 +8,7 @@ use crate::descriptor::{ErasedField, FieldDesc};
 use crate::error::{expect, settle, AccessError};
 use crate::init::run_init;
 use crate::slot::{Loc, Space};
-use crate::state::{self, with_state, ThreadState, Token, Use};
+use crate::state::{self, with_state, Ending, ThreadState, Token, Use};
 use crate::value::{drop_contained, drop_each, LocalBox, SharedArc, Stored, ThreadRc};
 
 /// One field of a `#[derive(ContextLocal)]` struct, in whatever context is
@@ -888,17 +888,6 @@ impl Drop for Lease {
         let mut value = Some(value);
         let leftovers = with_state(|state| state.put_back(loc, token, value.take().expect("once")));
         drop_each(leftovers.unwrap_or_default().into_iter().chain(value));
-    }
-}
-
-/// Ends a use that holds no value when dropped (also on unwind).
-pub(crate) struct Ending(pub(crate) Token);
-
-impl Drop for Ending {
-    fn drop(&mut self) {
-        let token = self.0;
-        let entry = with_state(|state| state.end(token).1);
-        drop_contained(entry);
     }
 }
 

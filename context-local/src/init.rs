@@ -3,8 +3,7 @@
 
 use crate::descriptor::{Batch, StructDesc};
 use crate::error::AccessError;
-use crate::field::Ending;
-use crate::state::{self, Use};
+use crate::state::{self, Ending, Use};
 use crate::value::drop_each;
 
 /// Runs the struct's `init` here if it has one that has not run yet.

@@ -401,6 +401,17 @@ impl Drop for ThreadState {
     }
 }
 
+/// Ends a use that holds no value when dropped (also on unwind).
+pub(crate) struct Ending(pub(crate) Token);
+
+impl Drop for Ending {
+    fn drop(&mut self) {
+        let token = self.0;
+        let entry = with_state(|state| state.end(token).1);
+        crate::value::drop_contained(entry);
+    }
+}
+
 /// Whether this thread's state is still usable (not torn down at thread exit).
 pub(crate) fn state_alive() -> bool {
     STATE.try_with(|_| ()).is_ok()

@@ -351,7 +351,8 @@ fn a_context_drops_its_values_inside_itself() {
 fn inside_a_clone_impl_reads_and_snapshots_work_and_a_guard_drop_panics() {
     on_thread(|| {
         field(&SHARED_X).set(Probe::new(1));
-        let guard = std::rc::Rc::new(std::cell::RefCell::new(Some(Pair { a: Probe::new(5), b: Probe::new(6) }.enter())));
+        let guard =
+            std::rc::Rc::new(std::cell::RefCell::new(Some(Pair { a: Probe::new(5), b: Probe::new(6) }.enter())));
         let taken = guard.clone();
         let snapshot = std::rc::Rc::new(std::cell::RefCell::new(None));
         let keep = snapshot.clone();
@@ -363,7 +364,8 @@ fn inside_a_clone_impl_reads_and_snapshots_work_and_a_guard_drop_panics() {
         });
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| field(&SHARED_X).get()));
         let message = outcome.expect_err("dropping a guard inside Clone cannot restore: a clear panic");
-        let text = message.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| message.downcast_ref::<String>().cloned());
+        let text =
+            message.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| message.downcast_ref::<String>().cloned());
         assert!(text.unwrap_or_default().contains("inside a `Clone` impl"));
         let mut snapshot = snapshot.borrow_mut().take().expect("the hook ran");
         assert_eq!(snapshot.run(|| field(&SHARED_X).with(|x| x.id)), Some(1), "a real snapshot");
