@@ -47,7 +47,7 @@ impl Drop for Recording {
 type Failures = Vec<String>;
 
 /// Runs `misuse`, which must panic at `file!():line`.
-fn check(failures: &mut Failures, method: &str, line: u32, misuse: impl FnOnce()) {
+fn check<R>(failures: &mut Failures, method: &str, line: u32, misuse: impl FnOnce() -> R) {
     *first() = None;
     let panicked = catch_unwind(AssertUnwindSafe(misuse)).is_err();
     let location = first().take();
@@ -85,21 +85,21 @@ fn field_misuse_panics_point_at_the_calling_line() {
             // Inside `update`, every access to the same field is `Reentrant`.
             Busy::x().update(|_| {
                 let f = &mut failures;
-                check(f, "get", line!(), || drop(Busy::x().get()));
+                check(f, "get", line!(), || Busy::x().get());
                 check(f, "set", line!(), || Busy::x().set(2));
-                check(f, "replace", line!(), || drop(Busy::x().replace(2)));
-                check(f, "take", line!(), || drop(Busy::x().take()));
-                check(f, "delete", line!(), || drop(Busy::x().delete()));
-                check(f, "is_set", line!(), || drop(Busy::x().is_set()));
-                check(f, "get_or_insert_with", line!(), || drop(Busy::x().get_or_insert_with(|| 3)));
-                check(f, "with", line!(), || drop(Busy::x().with(|x| *x)));
-                check(f, "update", line!(), || drop(Busy::x().update(|x| *x += 1)));
+                check(f, "replace", line!(), || Busy::x().replace(2));
+                check(f, "take", line!(), || Busy::x().take());
+                check(f, "delete", line!(), || Busy::x().delete());
+                check(f, "is_set", line!(), || Busy::x().is_set());
+                check(f, "get_or_insert_with", line!(), || Busy::x().get_or_insert_with(|| 3));
+                check(f, "with", line!(), || Busy::x().with(|x| *x));
+                check(f, "update", line!(), || Busy::x().update(|x| *x += 1));
             });
             Busy::stack().update(|_| {
                 let f = &mut failures;
                 check(f, "push", line!(), || Busy::stack().push(2));
-                check(f, "pop", line!(), || drop(Busy::stack().pop()));
-                check(f, "top", line!(), || drop(Busy::stack().top()));
+                check(f, "pop", line!(), || Busy::stack().pop());
+                check(f, "top", line!(), || Busy::stack().top());
             });
         });
         failures
@@ -122,10 +122,10 @@ fn struct_misuse_panics_point_at_the_calling_line() {
             // A field of the struct in use: whole-struct operations are `Reentrant`.
             Busy::x().update(|_| {
                 let f = &mut failures;
-                check(f, "S::enter", line!(), || drop(Busy { x: 5, stack: vec![] }.enter()));
+                check(f, "S::enter", line!(), || Busy { x: 5, stack: vec![] }.enter());
                 check(f, "S::clear", line!(), || Busy::clear());
-                check(f, "S::take", line!(), || drop(Busy::take()));
-                check(f, "S::current", line!(), || drop(Busy::current()));
+                check(f, "S::take", line!(), || Busy::take());
+                check(f, "S::current", line!(), || Busy::current());
             });
         });
         failures
