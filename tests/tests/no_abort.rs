@@ -1,0 +1,198 @@
+//! Destructors that panic, run by the library several at a time or while the
+//! thread is already unwinding: each one is contained on its own, every value
+//! is dropped exactly once, the first panic reaches the caller (unless the
+//! thread is unwinding or exiting), and the process never aborts.
+//!
+//! Today each scenario aborts the process (a second panic while the first
+//! unwinds through the same drop glue), so each runs in a child process (see
+//! `common/child.rs`) and the test checks how the child ended and the drop
+//! counts it printed.
+
+#[path = "common/child.rs"]
+mod child;
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use child::{report, run_isolated};
+use context_local::{Context, ContextLocal};
+
+#[derive(Debug, Default)]
+struct Ledger {
+    dropped: AtomicUsize,
+}
+
+impl Ledger {
+    fn dropped(&self) -> usize {
+        self.dropped.load(Ordering::SeqCst)
+    }
+}
+
+/// A value whose destructor panics (always, also while the thread unwinds)
+/// when it is `loud`; every drop is counted first.
+#[derive(Debug)]
+struct Bomb {
+    id: u32,
+    loud: bool,
+    ledger: Arc<Ledger>,
+}
+
+impl Bomb {
+    fn loud(id: u32, ledger: &Arc<Ledger>) -> Bomb {
+        Bomb { id, loud: true, ledger: ledger.clone() }
+    }
+
+    fn quiet(id: u32, ledger: &Arc<Ledger>) -> Bomb {
+        Bomb { id, loud: false, ledger: ledger.clone() }
+    }
+}
+
+impl Clone for Bomb {
+    fn clone(&self) -> Bomb {
+        Bomb { id: self.id, loud: self.loud, ledger: self.ledger.clone() }
+    }
+}
+
+impl Drop for Bomb {
+    fn drop(&mut self) {
+        self.ledger.dropped.fetch_add(1, Ordering::SeqCst);
+        if self.loud {
+            panic!("bomb {} explodes in drop", self.id);
+        }
+    }
+}
+
+#[derive(ContextLocal)]
+struct Two {
+    a: Bomb,
+    b: Bomb,
+}
+
+#[derive(ContextLocal)]
+struct One {
+    v: Bomb,
+}
+
+fn message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "<not a string>".into())
+}
+
+// Today: the thread's storage drops its root context inside one
+// `catch_unwind`; the first value's panic unwinds through the map's drop
+// glue, which drops the second value, whose panic aborts the process.
+#[test]
+fn thread_exit_with_two_panicking_values_in_the_root_context_does_not_abort() {
+    run_isolated(
+        "thread_exit_with_two_panicking_values_in_the_root_context_does_not_abort",
+        || {
+            let ledger = Arc::new(Ledger::default());
+            let inner = ledger.clone();
+            let joined = std::thread::spawn(move || {
+                Two::a().set(Bomb::loud(1, &inner));
+                Two::b().set(Bomb::loud(2, &inner));
+            })
+            .join();
+            report(&format!("joined_ok={} dropped={}", joined.is_ok(), ledger.dropped()));
+        },
+        &["joined_ok=true dropped=2"],
+    );
+}
+
+// Today: `clear` collects both values and drops the `Vec`; the second panic
+// happens while the first unwinds: abort.
+#[test]
+fn clearing_a_struct_holding_two_panicking_values_drops_both_then_panics() {
+    run_isolated(
+        "clearing_a_struct_holding_two_panicking_values_drops_both_then_panics",
+        || {
+            let ledger = Arc::new(Ledger::default());
+            Context::new().run(|| {
+                Two::a().set(Bomb::loud(1, &ledger));
+                Two::b().set(Bomb::loud(2, &ledger));
+                let cleared = catch_unwind(Two::clear);
+                report(&format!(
+                    "panicked={} dropped={} a_set={} b_set={}",
+                    cleared.is_err(),
+                    ledger.dropped(),
+                    Two::a().is_set(),
+                    Two::b().is_set()
+                ));
+            });
+        },
+        &["panicked=true dropped=2 a_set=false b_set=false"],
+    );
+}
+
+// Today: the guard's restore parks the displaced loud value for the read; the
+// closure panics, and the read's end drops the parked value during that
+// unwinding: its panic aborts the process.
+#[test]
+fn a_panicking_with_closure_whose_unwinding_drops_a_panicking_displaced_value_does_not_abort() {
+    run_isolated(
+        "a_panicking_with_closure_whose_unwinding_drops_a_panicking_displaced_value_does_not_abort",
+        || {
+            let ledger = Arc::new(Ledger::default());
+            Context::new().run(|| {
+                One::v().set(Bomb::quiet(1, &ledger));
+                let guard = One { v: Bomb::loud(2, &ledger) }.enter();
+                let failed = catch_unwind(AssertUnwindSafe(|| {
+                    One::v().with(move |_| {
+                        drop(guard); // restores the quiet value, displacing the loud one being read
+                        panic!("the closure fails");
+                    })
+                }));
+                let panic = failed.err().map(|payload| message(&*payload));
+                report(&format!(
+                    "panic={} dropped={} v={:?}",
+                    panic.as_deref().unwrap_or("none"),
+                    ledger.dropped(),
+                    One::v().with(|v| v.id)
+                ));
+            });
+        },
+        &["panic=the closure fails dropped=1 v=Some(1)"],
+    );
+}
+
+// Today: `clear` drops the whole map at once: abort on the second panic.
+#[test]
+fn clearing_a_context_holding_two_panicking_values_drops_both_then_panics() {
+    run_isolated(
+        "clearing_a_context_holding_two_panicking_values_drops_both_then_panics",
+        || {
+            let ledger = Arc::new(Ledger::default());
+            let mut ctx = Context::new();
+            ctx.run(|| {
+                Two::a().set(Bomb::loud(1, &ledger));
+                Two::b().set(Bomb::loud(2, &ledger));
+            });
+            let cleared = catch_unwind(AssertUnwindSafe(|| ctx.clear()));
+            report(&format!("panicked={} dropped={} empty={}", cleared.is_err(), ledger.dropped(), ctx.is_empty()));
+        },
+        &["panicked=true dropped=2 empty=true"],
+    );
+}
+
+// Today: as above, from the context's own drop.
+#[test]
+fn dropping_a_context_holding_two_panicking_values_drops_both_then_panics() {
+    run_isolated(
+        "dropping_a_context_holding_two_panicking_values_drops_both_then_panics",
+        || {
+            let ledger = Arc::new(Ledger::default());
+            let mut ctx = Context::new();
+            ctx.run(|| {
+                Two::a().set(Bomb::loud(1, &ledger));
+                Two::b().set(Bomb::loud(2, &ledger));
+            });
+            let dropped = catch_unwind(AssertUnwindSafe(move || drop(ctx)));
+            report(&format!("panicked={} dropped={}", dropped.is_err(), ledger.dropped()));
+        },
+        &["panicked=true dropped=2"],
+    );
+}
