@@ -163,8 +163,11 @@ impl<T, C: Consumer<T>> Consumer<T> for ContextConsumer<C> {
         (ContextConsumer { base: left, context: self.context }, right, reducer)
     }
 
+    /// Making the folder may run user code too (`fold`'s identity closure).
     fn into_folder(self) -> Self::Folder {
-        ContextFolder { base: self.base.into_folder(), context: self.context }
+        let ContextConsumer { base, context } = self;
+        let base = context.snapshot().run(|| base.into_folder());
+        ContextFolder { base, context }
     }
 
     fn full(&self) -> bool {

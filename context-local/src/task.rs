@@ -184,8 +184,11 @@ mod with_tokio {
         F: FnOnce() -> R + Send + 'static,
         R: Send + 'static,
     {
-        let (mut context, started_in) = match with_state(|state| (state.current.snapshot(), state.current.id())) {
-            Ok(started) => started,
+        let started = with_state(|state| (!state.unscoped()).then(|| (state.current.snapshot(), state.current.id())));
+        let (mut context, started_in) = match started {
+            Ok(Some(started)) => started,
+            // Moved into a task of its own since the call: nothing to read.
+            Ok(None) => panic!("{}", unscoped_blocking()),
             Err(_) => (Context::new(), 0),
         };
         let base = context.shared.clone();
