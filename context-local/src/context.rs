@@ -158,10 +158,16 @@ impl Context {
         self.id
     }
 
-    /// Whether dropping this context could run a destructor: it owns values
-    /// no snapshot shares.
-    pub(crate) fn owns_values(&self) -> bool {
-        !self.local.is_empty() || self.shared.owns_root()
+    /// Where the values are whose destructors dropping this context would
+    /// run, in the order to drop them one at a time: the context's own
+    /// (`no_inherit`) values first, typically connections and other resources
+    /// whose destructors log with the inherited values, which are still there
+    /// then. Values a snapshot shares are left out: dropping this context does
+    /// not drop them.
+    pub(crate) fn owned_locs(&self) -> Vec<Loc> {
+        let local = self.local.indices().into_iter().map(|index| Loc { space: Space::Local, index });
+        let shared = self.shared.owned_values().into_iter().map(|index| Loc { space: Space::Shared, index });
+        local.chain(shared).collect()
     }
 
     /// Stores `value` in `loc`; the value displaced, if any. A value of the
@@ -198,19 +204,9 @@ impl Context {
         self.shared.get(index)
     }
 
-    /// Where the values are, in the order to drop them one at a time: the
-    /// context's own (`no_inherit`) values first, typically connections and
-    /// other resources whose destructors log with the inherited values, which
-    /// are still there then.
-    pub(crate) fn locs(&self) -> Vec<Loc> {
-        let local = self.local.indices().into_iter().map(|index| Loc { space: Space::Local, index });
-        let shared = self.shared.entries().into_iter().map(|(index, _)| Loc { space: Space::Shared, index });
-        local.chain(shared).collect()
-    }
-
     /// Takes every value out, for dropping without installing the context.
     pub(crate) fn take_all(&mut self) -> Vec<Stored> {
-        let locs = self.locs();
+        let locs = self.owned_locs();
         locs.into_iter().filter_map(|loc| self.remove(loc)).collect()
     }
 

@@ -633,10 +633,31 @@ impl<T: 'static> Field<T> {
     /// Runs `op` on the value with the storage borrowed shared (`op` is a
     /// clone or a projection: a `Clone` impl may read other fields, and its
     /// writes are `Reentrant`). Runs `init`/`default`/`fill` first if needed.
+    ///
+    /// The common case (the value is there) is inlined into the caller;
+    /// everything else is [`read_slow`](Field::read_slow).
     #[inline]
-    fn read<F: FnOnce() -> T, R>(&self, mut fill: Fill<F>, op: impl FnOnce(&T) -> R) -> Result<R, AccessError> {
+    fn read<F: FnOnce() -> T, R>(&self, fill: Fill<F>, op: impl FnOnce(&T) -> R) -> Result<R, AccessError> {
         let loc = self.loc();
+        let name = self.desc.name;
         let mut op = Some(op);
+        let found = state::read(name, loc.space, |state| {
+            state.check_readable(loc, name)?;
+            Ok(state.find(loc).and_then(|value| op.take().map(|op| op(self.cast(value)))))
+        })?;
+        match found {
+            Some(result) => Ok(result),
+            None => self.read_slow(loc, fill, op),
+        }
+    }
+
+    #[inline(never)]
+    fn read_slow<F: FnOnce() -> T, R>(
+        &self,
+        loc: Loc,
+        mut fill: Fill<F>,
+        mut op: Option<impl FnOnce(&T) -> R>,
+    ) -> Result<R, AccessError> {
         for _ in 0..PASSES {
             let found = state::read(self.desc.name, loc.space, |state| {
                 Ok(match self.probe(state, loc)? {

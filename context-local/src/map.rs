@@ -103,13 +103,18 @@ impl SharedMap {
         self.root.is_none()
     }
 
-    /// Whether this map is the only holder of its root node (so dropping it
-    /// may drop values); `false` for an empty map.
-    pub(crate) fn owns_root(&self) -> bool {
-        #[cfg(not(loom))]
-        return self.root.as_ref().is_some_and(|root| Arc::strong_count(root) == 1);
-        #[cfg(loom)]
-        return self.root.is_some();
+    /// The slots whose values dropping this map would drop: reached through
+    /// nodes only this map holds, and held by nothing else. Markers (`()`)
+    /// are left out: dropping them runs no code. Visits only unshared nodes,
+    /// so after a snapshot and a few writes it looks at a path or two.
+    pub(crate) fn owned_values(&self) -> Vec<usize> {
+        let mut out = Vec::new();
+        if let Some(root) = &self.root {
+            if sole(root) {
+                collect_owned(root, BITS * root.height, 0, &mut out);
+            }
+        }
+        out
     }
 
     fn height(&self) -> u32 {
@@ -188,6 +193,31 @@ impl SharedMap {
         let mut root = Node { height: old.height + 1, ..Node::default() };
         root.insert_child(0, 0, Child::Node(old));
         self.root = Some(NodeRef::new(root));
+    }
+}
+
+/// Whether this is the only reference to the node.
+fn sole(node: &NodeRef) -> bool {
+    #[cfg(not(loom))]
+    return Arc::strong_count(node) == 1;
+    #[cfg(loom)]
+    return true;
+}
+
+fn collect_owned(node: &Node, shift: u32, base: usize, out: &mut Vec<usize>) {
+    let mut children = node.children.iter();
+    for digit in (0..WIDTH).filter(|digit| node.bitmap & (1 << digit) != 0) {
+        let index = base | (digit << shift);
+        match children.next().expect("one child per bit") {
+            Child::Value(value) => {
+                let marker = (&**value as &dyn std::any::Any).is::<()>();
+                if Arc::strong_count(value) == 1 && !marker {
+                    out.push(index);
+                }
+            }
+            Child::Node(next) if sole(next) => collect_owned(next, shift - BITS, index, out),
+            Child::Node(_) => {}
+        }
     }
 }
 

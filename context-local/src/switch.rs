@@ -136,7 +136,7 @@ impl Drop for Context {
     /// on its own; the first panic is resumed afterwards, unless the thread is
     /// unwinding or exiting.
     fn drop(&mut self) {
-        if !self.owns_values() {
+        if self.owned_locs().is_empty() {
             return;
         }
         let mut drops = Drops::default();
@@ -157,7 +157,7 @@ impl Drop for Context {
 /// Drops the installed context's values one at a time.
 fn drop_installed_values(drops: &mut Drops) {
     for _ in 0..DROP_ROUNDS {
-        let Ok(locs) = with_state(|state| state.current.locs()) else {
+        let Ok(locs) = with_state(|state| state.current.owned_locs()) else {
             return;
         };
         if locs.is_empty() {
