@@ -7,7 +7,7 @@ use std::task::{Context as TaskContext, Poll};
 use pin_project_lite::pin_project;
 
 use crate::context::Context;
-use crate::switch::Installed;
+use crate::switch::{drop_inside, Installed};
 
 pin_project! {
     /// A future polled with its own [`Context`] installed, on any executor.
@@ -55,8 +55,7 @@ pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let mut this = this.project();
             if this.future.is_some() {
-                let _installed = Installed::new(this.context);
-                this.future.set(None);
+                drop_inside(this.context, || this.future.set(None));
             }
         }
     }
@@ -109,8 +108,8 @@ impl<F> InContext<F> {
     /// ```
     pub fn into_context(mut self) -> Context {
         if self.future.is_some() {
-            let _installed = Installed::new(&mut self.context);
-            self.future = None;
+            let future = &mut self.future;
+            drop_inside(&mut self.context, || *future = None);
         }
         std::mem::take(&mut self.context)
     }
@@ -140,8 +139,7 @@ impl<F> InContext<F> {
     pub fn take_context(self: Pin<&mut Self>) -> Context {
         let mut this = self.project();
         if this.future.is_some() {
-            let _installed = Installed::new(this.context);
-            this.future.set(None);
+            drop_inside(this.context, || this.future.set(None));
         }
         std::mem::take(this.context)
     }

@@ -6,7 +6,7 @@ use std::task::{Context as TaskContext, Poll};
 use futures_core::Stream;
 use pin_project_lite::pin_project;
 
-use crate::switch::Installed;
+use crate::switch::{drop_inside, Installed};
 use crate::Context;
 
 /// Runs a [`Stream`]'s polls inside a [`Context`], as
@@ -66,8 +66,7 @@ pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let mut this = this.project();
             if this.stream.is_some() {
-                let _installed = Installed::new(this.context);
-                this.stream.set(None);
+                drop_inside(this.context, || this.stream.set(None));
             }
         }
     }

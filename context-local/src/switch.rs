@@ -125,6 +125,15 @@ impl Drop for Installed<'_> {
     }
 }
 
+/// Runs `drop` (dropping a future, stream or body that belongs to `context`)
+/// with `context` installed if it can be; otherwise (thread exit, or inside a
+/// `Clone` impl a read is running) where it is, rather than panicking in a
+/// destructor.
+pub(crate) fn drop_inside(context: &mut Context, drop: impl FnOnce()) {
+    let _installed = Installed::try_new(context).ok();
+    drop();
+}
+
 /// How many times dropping a context looks for values again, for destructors
 /// that store new values into the context they are dropped in.
 const DROP_ROUNDS: usize = 8;

@@ -50,7 +50,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::field::Field;
-use crate::switch::Installed;
+use crate::switch::{drop_inside, Installed};
 use crate::{Context, InContext};
 
 /// A hook that does nothing: the default for [`ContextLayer::on_request`].
@@ -260,8 +260,7 @@ pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let mut this = this.project();
             if this.body.is_some() {
-                let _installed = Installed::new(this.context);
-                this.body.set(None);
+                drop_inside(this.context, || this.body.set(None));
             }
         }
     }
