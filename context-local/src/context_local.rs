@@ -319,8 +319,8 @@ impl<S: ContextLocal> Drop for PutBack<S> {
 /// task-scoped struct only into the context it was made in (like a
 /// `contextvars` token). Dropped while another context is current (another
 /// task's, a snapshot, a context installed with `Context::run`), it changes
-/// nothing there; debug builds say so on stderr. Dropped inside a `Clone` impl
-/// that a read is running, it cannot restore, and panics saying so.
+/// nothing there (the guard's own context keeps the values it set); debug
+/// builds say so on stderr.
 ///
 /// # Examples
 ///

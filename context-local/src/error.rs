@@ -38,8 +38,7 @@ pub enum AccessError {
         field: &'static str,
     },
     /// The field was accessed inside its own `update`/`with` closure, its
-    /// struct's `init` or its own `default`; or written inside a `Clone` impl
-    /// that a read of a context-local value is running.
+    /// struct's `init`, or its own `default`.
     Reentrant {
         /// The field, as `Struct::field`.
         field: &'static str,
@@ -91,8 +90,7 @@ impl fmt::Display for AccessError {
             AccessError::Reentrant { field } => write!(
                 f,
                 "context-local `{field}` was accessed inside its own `update`/`with` closure, \
-                 `default` or its struct's `init`, or written inside a `Clone` impl run by a \
-                 read of a context-local value; finish that call first, or read the value \
+                 `default` or its struct's `init`; finish that call first, or read the value \
                  before it and pass it in"
             ),
             AccessError::Unscoped { field } => write!(

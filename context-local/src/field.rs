@@ -9,7 +9,7 @@ use crate::error::{expect, settle, AccessError};
 use crate::init::run_init;
 use crate::slot::{Loc, Space};
 use crate::state::{self, with_state, Ending, ThreadState, Token, Use};
-use crate::value::{drop_contained, drop_each, LocalBox, SharedArc, Stored, ThreadRc};
+use crate::value::{drop_contained, drop_each, plain_clone, LocalBox, SharedArc, Stored, ThreadRc};
 
 /// One field of a `#[derive(ContextLocal)]` struct, in whatever context is
 /// current where a method is called.
@@ -160,7 +160,7 @@ impl<T: 'static> Field<T> {
     where
         T: Clone,
     {
-        self.read(Fill::<fn() -> T>::Default, T::clone)
+        self.read(plain_clone::<T>(), Fill::<fn() -> T>::Default, T::clone)
     }
 
     /// Stores `value`, dropping the previous one (after the storage is
@@ -434,7 +434,7 @@ impl<T: 'static> Field<T> {
     where
         T: Clone,
     {
-        expect(self.read(Fill::Instead(f), T::clone))
+        expect(self.read(plain_clone::<T>(), Fill::Instead(f), T::clone))
     }
 
     /// Like [`set`](Field::set), with misuse as an error instead of a panic
@@ -566,7 +566,7 @@ impl<T: 'static> Field<T> {
         if self.desc.default.is_none() {
             return Ok(());
         }
-        match self.read(Fill::<fn() -> T>::Default, |_| ()) {
+        match self.read(true, Fill::<fn() -> T>::Default, |_| ()) {
             Ok(()) | Err(AccessError::Unset { .. }) => Ok(()),
             Err(misuse) => Err(misuse),
         }
@@ -630,15 +630,26 @@ impl<T: 'static> Field<T> {
         }
     }
 
-    /// Runs `op` on the value with the storage borrowed shared (`op` is a
-    /// clone or a projection: a `Clone` impl may read other fields, and its
-    /// writes are `Reentrant`). Runs `init`/`default`/`fill` first if needed.
+    /// Runs `op` (a clone or a projection) on the value, running
+    /// `init`/`default`/`fill` first if needed.
     ///
-    /// The common case (the value is there) is inlined into the caller;
-    /// everything else is [`read_slow`](Field::read_slow).
+    /// `plain` says that `op` runs only the standard library's code (a clone
+    /// of a `u64` or a `String`, say): then it runs with the storage borrowed
+    /// shared, inlined into the caller. Otherwise it may be user code (a
+    /// `Clone` impl that uses context-locals, drops a guard, drops a context),
+    /// so it runs with the storage released, on a value the read holds a count
+    /// of (or, for a `no_inherit` value, lends as `with` does).
     #[inline]
-    fn read<F: FnOnce() -> T, R>(&self, fill: Fill<F>, op: impl FnOnce(&T) -> R) -> Result<R, AccessError> {
+    fn read<F: FnOnce() -> T, R>(
+        &self,
+        plain: bool,
+        fill: Fill<F>,
+        op: impl FnOnce(&T) -> R,
+    ) -> Result<R, AccessError> {
         let loc = self.loc();
+        if !plain {
+            return self.read_released(loc, fill, op);
+        }
         let name = self.desc.name;
         let mut op = Some(op);
         let found = state::read(name, loc.space, |state| {
@@ -672,6 +683,38 @@ impl<T: 'static> Field<T> {
             }
         }
         Err(self.unset())
+    }
+
+    /// [`read`](Field::read) for an `op` that may run user code: makes the
+    /// value appear, then runs `op` with the storage released.
+    #[inline(never)]
+    fn read_released<F: FnOnce() -> T, R>(
+        &self,
+        loc: Loc,
+        fill: Fill<F>,
+        op: impl FnOnce(&T) -> R,
+    ) -> Result<R, AccessError> {
+        self.read_slow(loc, fill, Some(|_: &T| ()))?;
+        if loc.space == Space::Local {
+            return self.lend(op);
+        }
+        let name = self.desc.name;
+        let count = state::read(name, loc.space, |state| {
+            state.check_readable(loc, name)?;
+            Ok(match loc.space {
+                Space::Thread => state.thread_rc(loc.index).cloned().map(Keep::Thread),
+                _ => state.current.get_shared(loc.index).cloned().map(Keep::Shared),
+            })
+        })?;
+        let Some(count) = count else {
+            // Emptied between the two borrows (by a destructor the first one
+            // ran): the field is unset now.
+            return Err(self.unset());
+        };
+        let result = op(self.cast(count.value()));
+        // The last count if the slot was rewritten meanwhile: contained.
+        drop_contained(count);
+        Ok(result)
     }
 
     /// Makes a missing value appear: runs `init`, or stores the `default`
@@ -792,10 +835,12 @@ impl<T: 'static> Field<T> {
     /// `default`: for log lines.
     pub(crate) fn with_stored<R>(&self, op: impl FnOnce(&T) -> R) -> Result<Option<R>, AccessError> {
         let loc = self.loc();
-        state::read(self.desc.name, loc.space, |state| {
-            state.check_readable(loc, self.desc.name)?;
-            Ok(state.find(loc).map(|value| op(self.cast(value))))
-        })
+        let name = self.desc.name;
+        let hold = state::write(name, loc.space, |state| {
+            state.check_readable(loc, name)?;
+            Ok(Hold::take(state, loc))
+        })?;
+        Ok(hold.map(|hold| op(self.cast(hold.value()))))
     }
 }
 
@@ -847,6 +892,16 @@ enum Keep {
     Local { value: Rc<LocalBox>, lender: bool },
 }
 
+impl Keep {
+    fn value(&self) -> &dyn Any {
+        match self {
+            Keep::Shared(value) => &**value as &dyn Any,
+            Keep::Thread(value) => &**value,
+            Keep::Local { value, .. } => &***value as &dyn Any,
+        }
+    }
+}
+
 impl Hold {
     /// Marks `loc` in use for reading and takes what keeps its value alive.
     fn take(state: &mut ThreadState, loc: Loc) -> Option<Hold> {
@@ -865,9 +920,7 @@ impl Hold {
 
     fn value(&self) -> &dyn Any {
         match &self.keep {
-            Some(Keep::Shared(value)) => &**value as &dyn Any,
-            Some(Keep::Thread(value)) => &**value,
-            Some(Keep::Local { value, .. }) => &***value as &dyn Any,
+            Some(keep) => keep.value(),
             None => &(),
         }
     }
@@ -1018,6 +1071,6 @@ impl<E: 'static> Field<Vec<E>> {
     where
         E: Clone,
     {
-        settle(self.read(Fill::<fn() -> Vec<E>>::Default, |stack| stack.last().cloned())).flatten()
+        settle(self.read(plain_clone::<E>(), Fill::<fn() -> Vec<E>>::Default, |stack| stack.last().cloned())).flatten()
     }
 }

@@ -2,11 +2,11 @@
 //! installed it, the thread-scoped values, and the fields closures on this
 //! thread are using right now.
 //!
-//! One `thread_local!` holds it all. Its `RefCell` is never borrowed mutably
-//! while user code runs: every operation takes what it needs out, releases
-//! the borrow, runs the user's code, and puts things back. The one place user
-//! code runs under a (shared) borrow is a `Clone` impl called by a read, so
-//! inside it reads work and writes are `Reentrant`.
+//! One `thread_local!` holds it all. Its `RefCell` is never borrowed while
+//! user code runs: every operation takes what it needs out, releases the
+//! borrow, runs the user's code, and puts things back. (A read clones under a
+//! shared borrow only values of standard types whose `Clone` runs no user
+//! code; see `value::plain_clone`.)
 //!
 //! Invariants, each stated where it is kept:
 //! - A value lent to a closure is kept alive by the closure's own frame (an

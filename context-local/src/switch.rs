@@ -42,11 +42,6 @@ impl Context {
     /// The context belongs to the tokio task (if any) that calls `run`: another
     /// task polled inside `f` (by a `block_on`, say) sees no context.
     ///
-    /// # Panics
-    ///
-    /// If called from a `Clone` impl of a context-local value while a read is
-    /// running it (the context cannot be swapped then).
-    ///
     /// # Examples
     ///
     /// ```
@@ -129,9 +124,17 @@ impl Drop for Installed<'_> {
 /// with `context` installed if it can be; otherwise (thread exit, or inside a
 /// `Clone` impl a read is running) where it is, rather than panicking in a
 /// destructor.
+/// A panic from `drop` propagates, except while the thread is already
+/// unwinding (a second panic would abort the process).
 pub(crate) fn drop_inside(context: &mut Context, drop: impl FnOnce()) {
-    let _installed = Installed::try_new(context).ok();
-    drop();
+    let installed = Installed::try_new(context).ok();
+    let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(drop));
+    std::mem::drop(installed);
+    if let Err(panic) = dropped {
+        if !std::thread::panicking() {
+            std::panic::resume_unwind(panic);
+        }
+    }
 }
 
 /// How many times dropping a context looks for values again, for destructors

@@ -76,6 +76,43 @@ impl Stored {
     }
 }
 
+/// Whether cloning a `T` runs only the standard library's code, never a
+/// user's `Clone` impl: for these types a read clones with the thread's state
+/// borrowed, the cheapest way. Any other type may run user code that uses
+/// context-locals (drops a guard, drops a context), so reads clone it with the
+/// state released, from a count they hold. The comparisons fold to a constant
+/// for each `T`.
+#[inline(always)]
+pub(crate) fn plain_clone<T: 'static>() -> bool {
+    use std::any::TypeId;
+    let t = TypeId::of::<T>();
+    t == TypeId::of::<()>()
+        || t == TypeId::of::<bool>()
+        || t == TypeId::of::<char>()
+        || t == TypeId::of::<u8>()
+        || t == TypeId::of::<u16>()
+        || t == TypeId::of::<u32>()
+        || t == TypeId::of::<u64>()
+        || t == TypeId::of::<u128>()
+        || t == TypeId::of::<usize>()
+        || t == TypeId::of::<i8>()
+        || t == TypeId::of::<i16>()
+        || t == TypeId::of::<i32>()
+        || t == TypeId::of::<i64>()
+        || t == TypeId::of::<i128>()
+        || t == TypeId::of::<isize>()
+        || t == TypeId::of::<f32>()
+        || t == TypeId::of::<f64>()
+        || t == TypeId::of::<String>()
+        || t == TypeId::of::<&'static str>()
+        || t == TypeId::of::<Arc<str>>()
+        || t == TypeId::of::<Option<u32>>()
+        || t == TypeId::of::<Option<u64>>()
+        || t == TypeId::of::<Option<String>>()
+        || t == TypeId::of::<Vec<String>>()
+        || t == TypeId::of::<Vec<u8>>()
+}
+
 /// The marker stored in a struct's init slot once `init` has run.
 pub(crate) fn init_marker(space: Space) -> Stored {
     match space {
