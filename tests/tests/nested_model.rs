@@ -317,6 +317,38 @@ impl Val {
 }
 
 impl Op {
+    /// The name `NESTED_MODEL_SKIP` knows the step by.
+    fn kind(&self) -> &'static str {
+        match self {
+            Op::Get(_) => "get",
+            Op::TryGet(_) => "try-get",
+            Op::Set(..) => "set",
+            Op::Replace(..) => "replace",
+            Op::Take(_) => "take",
+            Op::Delete(_) => "delete",
+            Op::IsSet(_) => "is-set",
+            Op::With { .. } => "with",
+            Op::Update { .. } => "update",
+            Op::GetOrInsertWith { .. } => "get-or-insert-with",
+            Op::Clear(_) => "clear",
+            Op::TakeStruct(_) => "take-struct",
+            Op::CurrentPlain => "current",
+            Op::Enter(_) => "enter",
+            Op::DropGuard(_) => "drop-guard",
+            Op::NewContext => "new-context",
+            Op::Snapshot => "snapshot",
+            Op::Run(..) => "run",
+            Op::DropContext(_) => "drop-context",
+            Op::Panic => "panic",
+            Op::Catch(_) => "catch",
+            Op::ArmInit(_) => "arm-init",
+            Op::ArmDefault(_) => "arm-default",
+            Op::OnThread(..) => "on-thread",
+            Op::InTask(..) => "in-task",
+            Op::PlainTask(_) => "plain-task",
+        }
+    }
+
     fn renumber(&self, next: &mut u32) -> Op {
         match self {
             Op::Set(k, v) => Op::Set(*k, v.renumber(next)),
@@ -1637,8 +1669,10 @@ impl<'r> Model<'r> {
         now
     }
 
+    /// The thread is unwinding: a library call that drops values swallows
+    /// their panics. (At thread exit the caller ignores the result.)
     fn swallowing(&self) -> bool {
-        self.th().unwinding > 0 || self.th().teardown
+        self.th().unwinding > 0
     }
 
     /// The library drops these values in one call, each on its own, in an
@@ -2345,11 +2379,61 @@ fn report(expected: &[Ev], actual: &[Ev], at: usize) -> String {
     text
 }
 
+/// Running totals of what the real runs did (`NESTED_MODEL_STATS=1` prints
+/// them every 250 programs): to see that the generator reaches the cases.
+static STATS: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
+
+fn count(trace: &[Ev], program: &Program) {
+    if std::env::var_os("NESTED_MODEL_STATS").is_none() {
+        return;
+    }
+    fn walk(steps: &[Step], depth: usize, stats: &mut BTreeMap<String, u64>) {
+        for step in steps {
+            *stats.entry(format!("step {}", step.op.kind())).or_default() += 1;
+            *stats.entry(format!("steps at depth {depth}")).or_default() += 1;
+            let blocks: Vec<&Block> = match &step.op {
+                Op::With { body, .. } | Op::Update { body, .. } | Op::GetOrInsertWith { body, .. } => vec![body],
+                Op::Run(_, b) | Op::Catch(b) | Op::ArmInit(b) | Op::ArmDefault(b) => vec![b],
+                Op::OnThread(_, b) | Op::InTask(_, b) | Op::PlainTask(b) => vec![b],
+                _ => vec![],
+            };
+            for b in blocks {
+                walk(b, depth + 1, stats);
+            }
+        }
+    }
+    let mut stats = lock(&STATS);
+    walk(&program.0, 0, &mut stats);
+    for ev in trace {
+        let key = match ev {
+            Ev::Res(_, Ok(Out::Caught(p))) => format!("caught {}", p.to_string().split(' ').next().unwrap_or("")),
+            Ev::Res(_, Ok(out)) => format!("result {}", format!("{out:?}").split('(').next().unwrap_or("")),
+            Ev::Res(_, Err(Pan::Injected(_))) => "unwinds injected panic".into(),
+            Ev::Res(_, Err(p)) => format!("unwinds {p}"),
+            Ev::Saw(..) => "closure runs".into(),
+            Ev::Clone(_) => "clones".into(),
+            Ev::Drop(_) => "drops".into(),
+            Ev::Init => "inits".into(),
+            Ev::Default => "defaults".into(),
+            Ev::Contained(_) => "contained hook panics".into(),
+            Ev::Bad(_) => "BAD".into(),
+        };
+        *stats.entry(key).or_default() += 1;
+    }
+    let programs = stats.entry("programs".into()).or_default();
+    *programs += 1;
+    if *programs % 250 == 0 {
+        let lines: Vec<String> = stats.iter().map(|(k, v)| format!("  {k}: {v}")).collect();
+        eprintln!("nested_model stats:\n{}", lines.join("\n"));
+    }
+}
+
 fn check(program: &Program) -> Result<(), TestCaseError> {
     let _serial = lock(&SERIAL);
     RUNNING.store(true, Ordering::SeqCst);
     let (actual, drops) = run_real(program);
     RUNNING.store(false, Ordering::SeqCst);
+    count(&actual, program);
     let expected = Model::new(&actual, skip()).run(program);
     if let Some(at) = (0..expected.len().max(actual.len())).find(|&i| expected.get(i) != actual.get(i)) {
         return Err(TestCaseError::fail(report(&expected, &actual, at)));
