@@ -68,12 +68,23 @@
 //!    access inside a destructor `Destroyed`.
 //! 9. A guard's saved values are dropped when the guard is dropped without
 //!    restoring (another context, inside a `Clone`).
+//! 11. `init` writes every field of its struct: while a closure in that context
+//!     uses any of them (even `with`, if a guard emptied its field meanwhile)
+//!     running `init` is `Reentrant`.
+//! 12. A dropped `InContext` drops its context's values one at a time (in
+//!     any order), each taken out first, the others still visible to its
+//!     `Drop`; what a `Drop` stores there meanwhile is dropped too.
+//! 13. While a context is being dropped, a value it shares with another
+//!     context may still count as shared or not (the order in which its
+//!     values let go is not observable): `update`/`take` of it may clone it
+//!     or not; the model accepts either.
 //! 10. Harness rules (not library semantics): the harness drops a value it got
 //!     back (`take`, `replace`, a clone from `get`) right away; the fields of
 //!     a struct it got back (`S::take`, `S::current`) one by one in field
 //!     order, resuming the first panic; it skips creating contexts, threads
-//!     and runtimes while a thread is being torn down, and runtimes inside a
-//!     `Clone` hook or inside another runtime.
+//!     and runtimes while a thread is being torn down, contexts once the
+//!     program's clean-up has started, and runtimes inside a `Clone` hook or
+//!     inside another runtime.
 
 use std::any::Any;
 use std::cell::{Cell, RefCell};
@@ -101,7 +112,8 @@ const MAX_HOOK_DEPTH: u32 = 2;
 const KINDS: &[&str] = &[
     "get", "try-get", "set", "replace", "take", "delete", "is-set", "with", "update", "get-or-insert-with", "clear",
     "take-struct", "current", "enter", "drop-guard", "new-context", "snapshot", "run", "drop-context", "panic",
-    "catch", "arm-init", "arm-default", "on-thread", "in-task", "plain-task", "clone-hooks", "drop-hooks",
+    "catch", "arm-init", "arm-default", "on-thread", "in-task", "plain-task",
+    "new-context-task", "exit-drops", "clone-hooks", "drop-hooks",
     "drop-panics", "clone-panics", "closures", "key-a", "key-b", "key-c", "key-d", "key-t",
 ];
 
@@ -111,7 +123,7 @@ const GROUPS: &[(&str, &[&str])] = &[
     ("init-hooks", &["arm-init"]),
     ("default-hooks", &["arm-default"]),
     ("threads", &["on-thread"]),
-    ("tokio", &["in-task", "plain-task"]),
+    ("tokio", &["in-task", "plain-task", "new-context-task"]),
     ("contexts", &["run", "drop-context"]),
     ("struct-ops", &["clear", "take-struct", "current"]),
 ];
@@ -280,6 +292,9 @@ enum Op {
     InTask(u8, Block),
     /// A plain `tokio::spawn`ed task (no context) runs the block.
     PlainTask(Block),
+    /// A tokio task runs the block `.in_new_context()`; the finished
+    /// `InContext` is dropped by tokio, with what the block wrote.
+    NewContextTask(Block),
 }
 
 #[derive(Clone)]
@@ -346,6 +361,7 @@ impl Op {
             Op::OnThread(..) => "on-thread",
             Op::InTask(..) => "in-task",
             Op::PlainTask(_) => "plain-task",
+            Op::NewContextTask(_) => "new-context-task",
         }
     }
 
@@ -375,6 +391,7 @@ impl Op {
             Op::OnThread(i, b) => Op::OnThread(*i, number(b, next)),
             Op::InTask(i, b) => Op::InTask(*i, number(b, next)),
             Op::PlainTask(b) => Op::PlainTask(number(b, next)),
+            Op::NewContextTask(b) => Op::NewContextTask(number(b, next)),
             other => other.clone(),
         }
     }
@@ -492,6 +509,9 @@ impl Printer<'_> {
                 &format!("}}.in_context(contexts.take({i} % len))));"),
             ),
             Op::PlainTask(b) => self.block(&format!("{id}rt.block_on(tokio::spawn(async {{"), b, "}));"),
+            Op::NewContextTask(b) => {
+                self.block(&format!("{id}rt.block_on(tokio::spawn(async {{"), b, "}.in_new_context()));")
+            }
         }
     }
 }
@@ -649,6 +669,7 @@ fn node_ops(inner: BoxedStrategy<Op>) -> BoxedStrategy<Op> {
     arms.add("on-thread", 1, (0..4u8, block()).prop_map(|(i, b)| Op::OnThread(i, b)));
     arms.add("in-task", 1, (0..4u8, block()).prop_map(|(i, b)| Op::InTask(i, b)));
     arms.add("plain-task", 1, block().prop_map(Op::PlainTask));
+    arms.add("new-context-task", 1, block().prop_map(Op::NewContextTask));
     Union::new_weighted(arms.0).boxed()
 }
 
@@ -830,6 +851,8 @@ static ARMED_INIT: Mutex<Option<Block>> = Mutex::new(None);
 static ARMED_DEFAULT: Mutex<Option<Block>> = Mutex::new(None);
 /// One program at a time (the state above is global).
 static SERIAL: Mutex<()> = Mutex::new(());
+/// The program's clean-up has started: no more contexts are created.
+static CLOSING: AtomicBool = AtomicBool::new(false);
 
 thread_local! {
     static DEPTH: Cell<u32> = const { Cell::new(0) };
@@ -1175,7 +1198,7 @@ fn perform(step: &Step) -> Out {
             }
         },
         Op::NewContext | Op::Snapshot => {
-            if TEARDOWN.with(Cell::get) {
+            if TEARDOWN.with(Cell::get) || CLOSING.load(Ordering::SeqCst) {
                 return Out::Skipped;
             }
             let ctx = if matches!(step.op, Op::NewContext) { Context::new() } else { Context::current() };
@@ -1225,6 +1248,7 @@ fn perform(step: &Step) -> Out {
                 DEPTH.with(|d| d.set(depth));
                 let result = catch_unwind(AssertUnwindSafe(|| ctx.run(|| exec_block(&body))));
                 cleanup_guards();
+                cleanup_exit();
                 TEARDOWN.with(|t| t.set(true));
                 (ctx, result)
             });
@@ -1289,6 +1313,42 @@ fn perform(step: &Step) -> Out {
             }
             Out::Unit
         }
+        Op::NewContextTask(body) => {
+            if TEARDOWN.with(Cell::get) || IN_RUNTIME.with(Cell::get) > 0 || IN_CLONE_HOOK.with(Cell::get) > 0 {
+                return Out::Skipped;
+            }
+            let body = body.clone();
+            let rt = runtime();
+            let result = {
+                let _in_runtime = Level::enter(&IN_RUNTIME);
+                rt.block_on(async move {
+                    let work = async move { catch_unwind(AssertUnwindSafe(|| exec_block(&body))) };
+                    tokio::spawn(work.in_new_context()).await
+                })
+            };
+            drop(rt);
+            match result {
+                Ok(Ok(())) => Out::Unit,
+                Ok(Err(payload)) => resume_unwind(payload),
+                // The task's future panicked after the block: dropping the
+                // finished `InContext` (tokio catches that as the task's panic).
+                Err(error) if error.is_panic() => resume_unwind(error.into_panic()),
+                Err(error) => panic!("the task did not finish: {error}"),
+            }
+        }
+    }
+}
+
+/// With `NESTED_MODEL_SKIP=exit-drops`, a thread deletes its root context's
+/// values and its thread-scoped value one by one before it exits, so no
+/// destructor runs at thread exit.
+fn cleanup_exit() {
+    if !skip().has("exit-drops") {
+        return;
+    }
+    for key in [Key::A, Key::B, Key::C, Key::D, Key::T] {
+        let result = catch_unwind(AssertUnwindSafe(|| field(key).delete()));
+        emit(Ev::Res(0, result.map(Out::Flag).map_err(|p| classify(&*p))));
     }
 }
 
@@ -1327,13 +1387,16 @@ fn run_real(program: &Program) -> (Vec<Ev>, Vec<u32>) {
     *lock(&STORE) = vec![Some(Context::new()), Some(Context::new())];
     *lock(&ARMED_INIT) = None;
     *lock(&ARMED_DEFAULT) = None;
+    CLOSING.store(false, Ordering::SeqCst);
     let steps = program.0.clone();
     let thread = std::thread::spawn(move || {
         for step in steps.iter() {
             let _ = catch_unwind(AssertUnwindSafe(|| exec_step(step)));
         }
+        CLOSING.store(true, Ordering::SeqCst);
         cleanup_guards();
         cleanup_contexts();
+        cleanup_exit();
         TEARDOWN.with(|t| t.set(true));
     });
     if let Err(payload) = thread.join() {
@@ -1364,6 +1427,9 @@ struct MVal {
     on_drop: Option<Block>,
     /// Holders: contexts, guards, a running `update`, the harness.
     refs: u32,
+    /// Holders among `refs` that are contexts being dropped right now: when
+    /// each lets go during that drop is not observable (Decision 13).
+    dying: u32,
 }
 
 #[derive(Default)]
@@ -1489,6 +1555,7 @@ struct Model<'r> {
     armed_init: Option<Block>,
     armed_default: Option<Block>,
     depth: u32,
+    closing: bool,
     trace: Vec<Ev>,
     /// The real trace: only consulted for the order of a group of drops.
     real: &'r [Ev],
@@ -1508,6 +1575,7 @@ impl<'r> Model<'r> {
             armed_init: None,
             armed_default: None,
             depth: 0,
+            closing: false,
             trace: Vec::new(),
             real,
             skip,
@@ -1525,8 +1593,10 @@ impl<'r> Model<'r> {
         for step in program.0.iter() {
             let _ = self.exec_step(step);
         }
+        self.closing = true;
         self.cleanup_guards();
         self.cleanup_contexts();
+        self.cleanup_exit();
         self.teardown_thread();
         self.trace
     }
@@ -1543,7 +1613,7 @@ impl<'r> Model<'r> {
     fn new_val(&mut self, n: u32, on_clone: Option<Block>, on_drop: Option<Block>) -> Tag {
         let tag = self.next_tag;
         self.next_tag += 1;
-        self.vals.insert(tag, MVal { n, on_clone, on_drop, refs: 1 });
+        self.vals.insert(tag, MVal { n, on_clone, on_drop, refs: 1, dying: 0 });
         tag
     }
 
@@ -1774,7 +1844,7 @@ impl<'r> Model<'r> {
     /// A value taken out (`take`, `replace`, `S::take`): moved if no one else
     /// holds it, else cloned (Decision 5).
     fn into_value(&mut self, tag: Tag) -> Result<Tag, Pan> {
-        if self.vals[&tag].refs <= 1 {
+        if !self.shared(tag) {
             return Ok(tag);
         }
         match self.clone_val(tag) {
@@ -1992,7 +2062,7 @@ impl<'r> Model<'r> {
         };
         self.busy.push(BusyEntry { place, key: Some(key), busy: Busy::Write { rewritten: false } });
         let mut cur = orig;
-        if self.vals[&orig].refs > 1 {
+        if self.shared(orig) {
             match self.clone_val(orig) {
                 Err(p) => {
                     self.put_back(place, key, orig, true)?;
@@ -2214,7 +2284,71 @@ impl<'r> Model<'r> {
 
     fn drop_context(&mut self, id: CtxId) -> Result<(), Pan> {
         let ctx = self.ctxs.remove(&id).expect("context");
-        self.release_and_drop(ctx.vals.into_values().collect())
+        self.drop_held(ctx.vals.into_values().collect())
+    }
+
+    /// A context being dropped lets go of its values, in an unobservable
+    /// order (Decision 13): a value it alone holds (or only other dying
+    /// holders) is dropped, in the real run's order, each on its own; the
+    /// first panic is resumed.
+    fn drop_held(&mut self, tags: Vec<Tag>) -> Result<(), Pan> {
+        for tag in &tags {
+            self.vals.get_mut(tag).expect("a live value").dying += 1;
+        }
+        let swallow = self.swallowing();
+        let mut pending = tags;
+        let mut first = None;
+        loop {
+            let droppable: Vec<usize> = (0..pending.len())
+                .filter(|&at| self.vals.get(&pending[at]).is_some_and(|v| v.dying > 0 && v.refs == v.dying))
+                .collect();
+            let Some(&at) = droppable.first() else { break };
+            let at = match self.real.get(self.trace.len()) {
+                Some(Ev::Drop(t)) => droppable.iter().copied().find(|&i| pending[i] == *t).unwrap_or(at),
+                _ => at,
+            };
+            let tag = pending.remove(at);
+            self.vals.get_mut(&tag).expect("a live value").dying -= 1;
+            for now in self.release_all([tag]) {
+                if let Err(p) = self.drop_one(now) {
+                    first.get_or_insert(p);
+                }
+            }
+        }
+        // Held elsewhere too: let go (unless `shared` found it let go already).
+        for tag in pending {
+            if self.vals.get(&tag).is_some_and(|v| v.dying > 0) {
+                self.vals.get_mut(&tag).expect("a live value").dying -= 1;
+                let none = self.release_all([tag]);
+                debug_assert!(none.is_empty());
+            }
+        }
+        match first {
+            Some(p) if !swallow => Err(p),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether a value is shared with another holder (a clone is due before
+    /// it is changed or moved out). When the only other holders are contexts
+    /// being dropped, either is right (Decision 13): the real run decides.
+    fn shared(&mut self, tag: Tag) -> bool {
+        let v = &self.vals[&tag];
+        let firm = v.refs - v.dying;
+        match (firm > 1, v.dying > 0) {
+            (true, _) => true,
+            (false, false) => false,
+            (false, true) => {
+                let cloned = matches!(self.real.get(self.trace.len()), Some(Ev::Clone(t)) if *t == tag);
+                if !cloned {
+                    // The dying holders let go already.
+                    let v = self.vals.get_mut(&tag).expect("a live value");
+                    v.refs -= v.dying;
+                    v.dying = 0;
+                }
+                cloned
+            }
+        }
     }
 
     fn op_on_thread(&mut self, i: u8, body: &Block) -> Result<Out, Pan> {
@@ -2227,10 +2361,38 @@ impl<'r> Model<'r> {
         let r = self.exec_block(body);
         self.thm().stack.pop();
         self.cleanup_guards();
+        self.cleanup_exit();
         self.teardown_thread();
         self.threads.pop();
         self.slots[at] = Some(id);
         r.map(|()| Out::Unit)
+    }
+
+    /// semantics.md: a dropped `InContext`'s values are dropped with its
+    /// context installed, so a value's `Drop` sees the context's other fields.
+    /// Decision 12: one at a time (the real order), each taken out first, the
+    /// rest still there; what a `Drop` stores meanwhile is dropped as well;
+    /// each contained, then the first panic resumed.
+    fn drain_installed(&mut self, id: CtxId) -> Result<(), Pan> {
+        let mut first = None;
+        loop {
+            let held: Vec<(Key, Tag)> = self.ctxs[&id].vals.iter().map(|(k, t)| (*k, *t)).collect();
+            let Some(&(key, _)) = held.first() else { break };
+            let key = match self.real.get(self.trace.len()) {
+                Some(Ev::Drop(t)) => held.iter().find(|(_, held)| held == t).map_or(key, |(k, _)| *k),
+                _ => key,
+            };
+            let tag = self.remove(Place::Ctx(id), key).expect("held");
+            for now in self.release_all([tag]) {
+                if let Err(p) = self.drop_one(now) {
+                    first.get_or_insert(p);
+                }
+            }
+        }
+        match first {
+            Some(p) if !self.swallowing() => Err(p),
+            _ => Ok(()),
+        }
     }
 
     fn cleanup_guards(&mut self) {
@@ -2240,6 +2402,16 @@ impl<'r> Model<'r> {
             let guard = th.guards[at].take().expect("live");
             let r = self.drop_guard(guard);
             self.trace.push(Ev::Res(0, r.map(|()| Out::Unit)));
+        }
+    }
+
+    fn cleanup_exit(&mut self) {
+        if !self.skip.has("exit-drops") {
+            return;
+        }
+        for key in [Key::A, Key::B, Key::C, Key::D, Key::T] {
+            let r = self.op_write(Write::Delete, key, None);
+            self.trace.push(Ev::Res(0, r));
         }
     }
 
@@ -2262,7 +2434,7 @@ impl<'r> Model<'r> {
         let ctx = self.ctxs.remove(&root).expect("root context");
         let mut tags: Vec<Tag> = ctx.vals.into_values().collect();
         tags.extend(self.thm().t.take());
-        let _ = self.release_and_drop(tags);
+        let _ = self.drop_held(tags);
     }
 
     // ----- the interpreter -----
@@ -2299,7 +2471,7 @@ impl<'r> Model<'r> {
             Op::CurrentPlain => plain(self.op_current_plain()),
             Op::Enter(e) => self.op_enter(e),
             Op::DropGuard(i) => self.op_drop_guard(*i),
-            Op::NewContext | Op::Snapshot if teardown => Ok(Out::Skipped),
+            Op::NewContext | Op::Snapshot if teardown || self.closing => Ok(Out::Skipped),
             Op::NewContext => {
                 let id = self.new_ctx(MCtx::default());
                 self.slots.push(Some(id));
@@ -2340,7 +2512,19 @@ impl<'r> Model<'r> {
                 Ok(Out::Unit)
             }
             Op::OnThread(i, body) => self.op_on_thread(*i, body),
-            Op::InTask(..) | Op::PlainTask(..) if no_runtime => Ok(Out::Skipped),
+            Op::InTask(..) | Op::PlainTask(..) | Op::NewContextTask(..) if no_runtime => Ok(Out::Skipped),
+            Op::NewContextTask(body) => {
+                self.thm().in_runtime += 1;
+                let id = self.new_ctx(MCtx::default());
+                self.thm().stack.push(Top::Ctx(id));
+                let r = self.exec_block(body);
+                let dropped = self.drain_installed(id);
+                self.thm().stack.pop();
+                self.ctxs.remove(&id);
+                self.thm().in_runtime -= 1;
+                dropped?;
+                r.map(|()| Out::Unit)
+            }
             Op::InTask(i, body) => {
                 self.thm().in_runtime += 1;
                 let r = self.op_run(*i, body, Top::Ctx);
@@ -2394,7 +2578,7 @@ fn count(trace: &[Ev], program: &Program) {
             let blocks: Vec<&Block> = match &step.op {
                 Op::With { body, .. } | Op::Update { body, .. } | Op::GetOrInsertWith { body, .. } => vec![body],
                 Op::Run(_, b) | Op::Catch(b) | Op::ArmInit(b) | Op::ArmDefault(b) => vec![b],
-                Op::OnThread(_, b) | Op::InTask(_, b) | Op::PlainTask(b) => vec![b],
+                Op::OnThread(_, b) | Op::InTask(_, b) | Op::PlainTask(b) | Op::NewContextTask(b) => vec![b],
                 _ => vec![],
             };
             for b in blocks {
