@@ -686,7 +686,9 @@ impl<T: 'static> Field<T> {
     }
 
     /// [`read`](Field::read) for an `op` that may run user code: makes the
-    /// value appear, then runs `op` with the storage released.
+    /// value appear, then lends it to `op` as [`with`](Field::with) does, with
+    /// the storage released (reads of this field work inside `op`, writes to
+    /// it are `Reentrant`, everything else works).
     #[inline(never)]
     fn read_released<F: FnOnce() -> T, R>(
         &self,
@@ -695,26 +697,7 @@ impl<T: 'static> Field<T> {
         op: impl FnOnce(&T) -> R,
     ) -> Result<R, AccessError> {
         self.read_slow(loc, fill, Some(|_: &T| ()))?;
-        if loc.space == Space::Local {
-            return self.lend(op);
-        }
-        let name = self.desc.name;
-        let count = state::read(name, loc.space, |state| {
-            state.check_readable(loc, name)?;
-            Ok(match loc.space {
-                Space::Thread => state.thread_rc(loc.index).cloned().map(Keep::Thread),
-                _ => state.current.get_shared(loc.index).cloned().map(Keep::Shared),
-            })
-        })?;
-        let Some(count) = count else {
-            // Emptied between the two borrows (by a destructor the first one
-            // ran): the field is unset now.
-            return Err(self.unset());
-        };
-        let result = op(self.cast(count.value()));
-        // The last count if the slot was rewritten meanwhile: contained.
-        drop_contained(count);
-        Ok(result)
+        self.lend(op)
     }
 
     /// Makes a missing value appear: runs `init`, or stores the `default`
@@ -893,6 +876,7 @@ enum Keep {
 }
 
 impl Keep {
+    #[inline]
     fn value(&self) -> &dyn Any {
         match self {
             Keep::Shared(value) => &**value as &dyn Any,
@@ -904,6 +888,7 @@ impl Keep {
 
 impl Hold {
     /// Marks `loc` in use for reading and takes what keeps its value alive.
+    #[inline]
     fn take(state: &mut ThreadState, loc: Loc) -> Option<Hold> {
         let keep = match loc.space {
             Space::Shared => Keep::Shared(state.current.get_shared(loc.index)?.clone()),
@@ -918,6 +903,7 @@ impl Hold {
         Some(Hold { token: state.begin(loc, Use::Read), loc, keep: Some(keep) })
     }
 
+    #[inline]
     fn value(&self) -> &dyn Any {
         match &self.keep {
             Some(keep) => keep.value(),

@@ -1285,36 +1285,34 @@ fn misuse_panics_point_at_caller() {
         site!("with", Tc::v().with(|_| ()));
         site!("update", Tc::v().update(|_| ()));
         site!("get_or_insert_with", Tc::v().get_or_insert_with(|| 1));
-        site!("enter", {
-            let _g = Tc { v: 1, st: vec![] }.enter();
-        });
+        site!("enter", drop(Tc { v: 1, st: vec![] }.enter()));
         site!("clear", Tc::clear());
         site!("take_struct", Tc::take());
         let mut line = 0;
         let s = panic_site(|| {
             Tc::st().update(|_| {
-                line = line!();
+                line = line!() + 1;
                 Tc::st().push(1);
             });
         });
         sites.push(("push", s, line));
         let s = panic_site(|| {
             Tc::st().update(|_| {
-                line = line!();
+                line = line!() + 1;
                 Tc::st().pop();
             });
         });
         sites.push(("pop", s, line));
         let s = panic_site(|| {
             Tc::st().update(|_| {
-                line = line!();
+                line = line!() + 1;
                 Tc::st().top();
             });
         });
         sites.push(("top", s, line));
         // thread-scoped struct used with scope()
         let s = panic_site(|| {
-            line = line!();
+            line = line!() + 1;
             let _ = TcT { v: 1 }.scope(async {});
         });
         sites.push(("scope thread", s, line));
@@ -1354,22 +1352,22 @@ fn unscoped_and_run_blocking_panic_at_caller() {
             let mut out = vec![];
             let mut line = 0;
             let s = panic_site(|| {
-                line = line!();
+                line = line!() + 1;
                 Tc::v().get();
             });
             out.push(("get unscoped", s, line));
             let s = panic_site(|| {
-                line = line!();
+                line = line!() + 1;
                 let _ = context_local::task::run_blocking(|| ());
             });
             out.push(("run_blocking unscoped", s, line));
             let s = panic_site(|| {
-                line = line!();
+                line = line!() + 1;
                 let _ = Tc { v: 1, st: vec![] }.enter();
             });
             out.push(("enter unscoped", s, line));
             let s = panic_site(|| {
-                line = line!();
+                line = line!() + 1;
                 Tc::clear();
             });
             out.push(("clear unscoped", s, line));
