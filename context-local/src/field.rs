@@ -131,8 +131,7 @@ impl<T: 'static> Field<T> {
 
     /// A clone of the value; an unset field is `Err(AccessError::Unset)`.
     ///
-    /// This is the "must exist" read (AlexBerUtils' `get_threadlocal_var`):
-    /// the error names the field.
+    /// This is the "must exist" read: the error names the field.
     ///
     /// # Errors
     ///
@@ -239,7 +238,7 @@ impl<T: 'static> Field<T> {
     }
 
     /// Drops the value, if any; `true` if there was one. Never an error when
-    /// unset (AlexBerUtils' `del_threadlocal_var`).
+    /// unset.
     ///
     /// # Panics
     ///
@@ -405,8 +404,7 @@ impl<T: 'static> Field<T> {
     }
 
     /// The value, storing `f()` first if the field is unset (after `init`).
-    /// `f` is preferred over the field's `default` (AlexBerUtils'
-    /// `threadlocal_var`).
+    /// `f` is preferred over the field's `default` (a get-or-create).
     ///
     /// # Panics
     ///

@@ -179,7 +179,7 @@ impl SharedMap {
     }
 
     /// Whether `self` and `other` are the same snapshot (no write since).
-    #[cfg(feature = "tokio")]
+    #[cfg(any(test, feature = "tokio"))]
     pub(crate) fn same_as(&self, other: &SharedMap) -> bool {
         match (&self.root, &other.root) {
             (Some(a), Some(b)) => NodeRef::ptr_eq(a, b),
@@ -368,6 +368,7 @@ impl<B> BoxedSlots<B> {
     }
 
     /// Takes every value out, leaving no allocation behind.
+    #[cfg(feature = "tokio")]
     pub(crate) fn drain(&mut self) -> impl Iterator<Item = (usize, B)> {
         self.slots.take().into_iter().flat_map(|mut slots| slots.drain().collect::<Vec<_>>())
     }
