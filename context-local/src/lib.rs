@@ -171,7 +171,8 @@
 //! - `tower` (off): `tower::ContextLayer`, a context per request for tower
 //!   and axum services, including the response body.
 //! - `tracing` (off): `tracing::ContextFields`, `#[context_local(log)]`
-//!   fields on every `tracing_subscriber::fmt` line.
+//!   fields on every `tracing_subscriber::fmt` line (text or JSON); the
+//!   spawn helpers also carry the current `tracing::Span` into the child.
 //! - `log` (off): `log::ContextLogger`, the same fields as `log` key-values.
 //! - `rayon` (off): `rayon::{spawn, join, scope, install}` and a
 //!   parallel-iterator adaptor running jobs in the submitter's context.
@@ -194,6 +195,7 @@ mod logged;
 mod map;
 mod running;
 mod slot;
+mod span;
 mod state;
 #[cfg(feature = "tokio")]
 mod stream;

@@ -6,6 +6,10 @@
 //! values never leak between tasks that share a worker thread. Spawn with
 //! these functions (or wrap the future with
 //! [`FutureExt`](crate::FutureExt)) to give a task a context.
+//!
+//! With the `tracing` feature, each of them also carries the `tracing` span
+//! current at the call into the child (entered on every poll of a task, and
+//! around a blocking closure), so the child's events are logged inside it.
 
 #[cfg(feature = "tokio")]
 pub use self::with_tokio::*;
@@ -19,6 +23,7 @@ mod with_tokio {
 
     use crate::context::Context;
     use crate::future::FutureExt;
+    use crate::span::CurrentSpan;
     use crate::state::{peek_state, with_state};
     use crate::value::drop_each;
 
@@ -51,7 +56,7 @@ mod with_tokio {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        tokio::spawn(future.in_current_context())
+        tokio::spawn(CurrentSpan::capture().wrap(future.in_current_context()))
     }
 
     /// [`tokio::task::spawn_local`], with the child in an O(1) snapshot of the
@@ -85,7 +90,7 @@ mod with_tokio {
         F: Future + 'static,
         F::Output: 'static,
     {
-        tokio::task::spawn_local(future.in_current_context())
+        tokio::task::spawn_local(CurrentSpan::capture().wrap(future.in_current_context()))
     }
 
     /// [`tokio::task::spawn_blocking`], with `f` in an O(1) snapshot of the
@@ -121,8 +126,9 @@ mod with_tokio {
         F: FnOnce() -> R + Send + 'static,
         R: Send + 'static,
     {
+        let span = CurrentSpan::capture();
         let mut context = Context::current();
-        tokio::task::spawn_blocking(move || context.run(f))
+        tokio::task::spawn_blocking(move || span.run(|| context.run(f)))
     }
 
     /// Runs `f` on tokio's blocking pool, seeing the caller's values, and
@@ -176,10 +182,10 @@ mod with_tokio {
         if peek_state(|state| state.unscoped()).unwrap_or(false) {
             panic!("{}", unscoped_blocking());
         }
-        blocking_with_write_back(f)
+        blocking_with_write_back(f, CurrentSpan::capture())
     }
 
-    async fn blocking_with_write_back<F, R>(f: F) -> R
+    async fn blocking_with_write_back<F, R>(f: F, span: CurrentSpan) -> R
     where
         F: FnOnce() -> R + Send + 'static,
         R: Send + 'static,
@@ -193,7 +199,7 @@ mod with_tokio {
         };
         let base = context.shared.clone();
         let handle = tokio::task::spawn_blocking(move || {
-            let outcome = catch_unwind(AssertUnwindSafe(|| context.run(f)));
+            let outcome = catch_unwind(AssertUnwindSafe(|| span.run(|| context.run(f))));
             (context, outcome)
         });
         let (after, outcome) = match handle.await {
@@ -282,7 +288,7 @@ mod with_tokio {
             F: Future<Output = T> + Send + 'static,
             T: Send,
         {
-            self.spawn(future.in_current_context())
+            self.spawn(CurrentSpan::capture().wrap(future.in_current_context()))
         }
 
         #[track_caller]
@@ -291,8 +297,9 @@ mod with_tokio {
             F: FnOnce() -> T + Send + 'static,
             T: Send,
         {
+            let span = CurrentSpan::capture();
             let mut context = Context::current();
-            self.spawn_blocking(move || context.run(f))
+            self.spawn_blocking(move || span.run(|| context.run(f)))
         }
     }
 }

@@ -238,9 +238,7 @@ fn compact_lines_get_the_fields_appended() {
     let writer = out.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_ansi(false)
-        .event_format(ContextFields::new(
-            tracing_subscriber::fmt::format().compact().without_time().with_target(false),
-        ))
+        .event_format(ContextFields::new(tracing_subscriber::fmt::format().compact().without_time().with_target(false)))
         .with_writer(move || writer.clone())
         .finish();
     tracing::subscriber::with_default(subscriber, || {
