@@ -50,6 +50,7 @@ mod with_tokio {
     /// assert_eq!(child.await.unwrap(), Some(21));
     /// # });
     /// ```
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
     #[track_caller]
     pub fn spawn<F>(future: F) -> JoinHandle<F::Output>
     where
@@ -84,6 +85,7 @@ mod with_tokio {
     ///     assert_eq!(seen.await.unwrap(), Some(4));
     /// });
     /// ```
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
     #[track_caller]
     pub fn spawn_local<F>(future: F) -> JoinHandle<F::Output>
     where
@@ -120,6 +122,7 @@ mod with_tokio {
     /// assert_eq!(Request::id().get(), Some(8));
     /// # });
     /// ```
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
     #[track_caller]
     pub fn spawn_blocking<F, R>(f: F) -> JoinHandle<R>
     where
@@ -173,6 +176,7 @@ mod with_tokio {
     /// assert_eq!(Request::rows().get(), Some(10)); // written back
     /// # });
     /// ```
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
     #[track_caller]
     pub fn run_blocking<F, R>(f: F) -> impl Future<Output = R> + Send
     where
@@ -241,6 +245,8 @@ mod with_tokio {
 
     /// Spawning into a [`tokio::task::JoinSet`] with the caller's context.
     ///
+    /// Implemented for `JoinSet` only (the trait is sealed).
+    ///
     /// # Examples
     ///
     /// ```
@@ -265,7 +271,8 @@ mod with_tokio {
     /// }
     /// # });
     /// ```
-    pub trait JoinSetExt<T> {
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+    pub trait JoinSetExt<T>: sealed::Sealed {
         /// [`JoinSet::spawn`](tokio::task::JoinSet::spawn), with the task in
         /// a snapshot of the caller's context.
         fn spawn_in_context<F>(&mut self, future: F) -> tokio::task::AbortHandle
@@ -279,6 +286,14 @@ mod with_tokio {
         where
             F: FnOnce() -> T + Send + 'static,
             T: Send;
+    }
+
+    mod sealed {
+        /// Only `tokio::task::JoinSet` implements `JoinSetExt`, so methods
+        /// can be added to it without breaking anyone.
+        pub trait Sealed {}
+
+        impl<T> Sealed for tokio::task::JoinSet<T> {}
     }
 
     impl<T: 'static> JoinSetExt<T> for tokio::task::JoinSet<T> {
