@@ -175,7 +175,7 @@ fn rayon_install_carries_the_span() {
 #[test]
 fn rayon_iterator_adaptor_carries_the_span_current_where_it_was_made() {
     let span = request_span(11);
-    let items = span.in_scope(|| (0..8).into_par_iter().in_current_context());
+    let items = span.in_scope(|| (0..8u32).into_par_iter().in_current_context());
     let sum: u32 = items
         .map(|n| {
             log("rayon item");
