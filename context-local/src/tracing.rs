@@ -20,6 +20,9 @@
 //! Colours follow the writer the layer gives (`fmt().with_ansi(..)`, set
 //! before `event_format`), for lines with and without context fields alike;
 //! a `with_ansi` on the wrapped format itself is replaced by that setting.
+//! A line that carries context fields is formatted into a buffer first, so
+//! tracing-subscriber's sanitising of escape sequences in values stays on
+//! for it even where the layer turned it off.
 //!
 //! # Examples
 //!
