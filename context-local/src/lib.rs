@@ -42,6 +42,7 @@
 //! | `default = expr` | field | the value used whenever the field is unset (stored on first read) |
 //! | `no_inherit` | field | child contexts start without it (for connections and other `!Clone` values) |
 //! | `rename = "name"` | field | the accessor's name |
+//! | `log` / `log = "display"` / `log = "debug"` | field | the field goes on every log line while it has a value, as `key=value` (the key is the accessor's name), formatted with `Display` or `Debug`: see [`log_fields`] and the `tracing` and `log` features |
 //!
 //! Task-scoped field types must be `Send + 'static`, and inherited ones also
 //! `Clone + Send + Sync` (wrap others in `Arc`, or mark them `no_inherit`).
@@ -171,7 +172,8 @@
 //! - `tower` (off): `tower::ContextLayer`, a context per request for tower
 //!   and axum services, including the response body.
 //! - `tracing` (off): `tracing::ContextFields`, `#[context_local(log)]`
-//!   fields on every `tracing_subscriber::fmt` line.
+//!   fields on every `tracing_subscriber::fmt` line (text or JSON); the
+//!   spawn helpers also carry the current `tracing::Span` into the child.
 //! - `log` (off): `log::ContextLogger`, the same fields as `log` key-values.
 //! - `rayon` (off): `rayon::{spawn, join, scope, install}` and a
 //!   parallel-iterator adaptor running jobs in the submitter's context.
@@ -194,6 +196,7 @@ mod logged;
 mod map;
 mod running;
 mod slot;
+mod span;
 mod state;
 #[cfg(feature = "tokio")]
 mod stream;
@@ -210,14 +213,18 @@ mod private;
 mod tests;
 
 #[cfg(feature = "log")]
+#[cfg_attr(docsrs, doc(cfg(feature = "log")))]
 pub mod log;
 #[cfg(feature = "rayon")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rayon")))]
 pub mod rayon;
 pub mod task;
 pub mod thread;
 #[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub mod tower;
 #[cfg(feature = "tracing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]
 pub mod tracing;
 
 pub use crate::context::Context;
@@ -227,7 +234,9 @@ pub use crate::field::Field;
 pub use crate::future::{FutureExt, InContext};
 pub use crate::logged::log_fields;
 #[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub use crate::stream::{InContextStream, StreamExt};
 
 #[cfg(feature = "derive")]
+#[cfg_attr(docsrs, doc(cfg(feature = "derive")))]
 pub use context_local_derive::ContextLocal;

@@ -12,7 +12,9 @@
 //! that carry request values.
 //! Writes inside a job stay in its snapshot, as with `contextvars`'
 //! `copy_context().run`. Thread-scoped values belong to the worker thread and
-//! are not carried.
+//! are not carried. With the `tracing` feature, each job and item also runs
+//! inside the `tracing` span current where it was submitted (where the
+//! adaptor was created, for the iterator adaptor).
 //!
 //! # Examples
 //!
@@ -41,6 +43,7 @@
 use rayon::iter::plumbing::{Consumer, Folder, Reducer, UnindexedConsumer};
 use rayon::iter::ParallelIterator;
 
+use crate::span::CurrentSpan;
 use crate::Context;
 
 /// Runs a blocking rayon call in an empty context. While a worker waits for
@@ -55,8 +58,8 @@ pub fn spawn<F>(job: F)
 where
     F: FnOnce() + Send + 'static,
 {
-    let mut context = Context::current();
-    rayon::spawn(move || context.run(job));
+    let (span, mut context) = (CurrentSpan::capture(), Context::current());
+    rayon::spawn(move || span.run(|| context.run(job)));
 }
 
 /// `rayon::join`, with each closure run in its own snapshot of the current
@@ -69,7 +72,8 @@ where
     RB: Send,
 {
     let (mut for_a, mut for_b) = (Context::current(), Context::current());
-    while_waiting(|| rayon::join(move || for_a.run(a), move || for_b.run(b)))
+    let (span_a, span_b) = (CurrentSpan::capture(), CurrentSpan::capture());
+    while_waiting(|| rayon::join(move || span_a.run(|| for_a.run(a)), move || span_b.run(|| for_b.run(b))))
 }
 
 /// `ThreadPool::install`, with `op` run in a snapshot of the current context.
@@ -78,8 +82,8 @@ where
     OP: FnOnce() -> R + Send,
     R: Send,
 {
-    let mut context = Context::current();
-    while_waiting(|| pool.install(move || context.run(op)))
+    let (span, mut context) = (CurrentSpan::capture(), Context::current());
+    while_waiting(|| pool.install(move || span.run(|| context.run(op))))
 }
 
 /// `rayon::scope`, with `op` and every job spawned through the [`Scope`] run
@@ -89,8 +93,8 @@ where
     OP: FnOnce(&Scope<'_, 'scope>) -> R + Send,
     R: Send,
 {
-    let mut context = Context::current();
-    while_waiting(|| rayon::scope(move |inner| context.run(|| op(&Scope { inner }))))
+    let (span, mut context) = (CurrentSpan::capture(), Context::current());
+    while_waiting(|| rayon::scope(move |inner| span.run(|| context.run(|| op(&Scope { inner })))))
 }
 
 /// A `rayon::Scope` whose jobs carry the spawner's context.
@@ -106,8 +110,8 @@ impl<'scope> Scope<'_, 'scope> {
     where
         BODY: FnOnce(&Scope<'_, 'scope>) + Send + 'scope,
     {
-        let mut context = Context::current();
-        self.inner.spawn(move |inner| context.run(|| body(&Scope { inner })));
+        let (span, mut context) = (CurrentSpan::capture(), Context::current());
+        self.inner.spawn(move |inner| span.run(|| context.run(|| body(&Scope { inner }))));
     }
 }
 
@@ -116,7 +120,7 @@ pub trait ParallelIteratorExt: ParallelIterator {
     /// Every closure after this adaptor (`map`, `for_each`, ...) runs in a
     /// snapshot of the context current here, on whichever worker runs it.
     fn in_current_context(self) -> InContextIter<Self> {
-        InContextIter { base: self, context: Context::current() }
+        InContextIter { base: self, context: Context::current(), span: CurrentSpan::capture() }
     }
 }
 
@@ -127,6 +131,7 @@ impl<I: ParallelIterator> ParallelIteratorExt for I {}
 pub struct InContextIter<I> {
     base: I,
     context: Context,
+    span: CurrentSpan,
 }
 
 impl<I: ParallelIterator> ParallelIterator for InContextIter<I> {
@@ -136,7 +141,7 @@ impl<I: ParallelIterator> ParallelIterator for InContextIter<I> {
     where
         C: UnindexedConsumer<Self::Item>,
     {
-        let consumer = ContextConsumer { base: consumer, context: self.context };
+        let consumer = ContextConsumer { base: consumer, context: self.context, span: self.span };
         while_waiting(|| self.base.drive_unindexed(consumer))
     }
 
@@ -145,10 +150,11 @@ impl<I: ParallelIterator> ParallelIterator for InContextIter<I> {
     }
 }
 
-/// Hands each piece of work a snapshot of the context.
+/// Hands each piece of work a snapshot of the context, and the span.
 struct ContextConsumer<C> {
     base: C,
     context: Context,
+    span: CurrentSpan,
 }
 
 impl<T, C: Consumer<T>> Consumer<T> for ContextConsumer<C> {
@@ -158,16 +164,16 @@ impl<T, C: Consumer<T>> Consumer<T> for ContextConsumer<C> {
 
     fn split_at(self, index: usize) -> (Self, Self, Self::Reducer) {
         let (left, right, reducer) = self.base.split_at(index);
-        let reducer = ContextReducer { base: reducer, context: self.context.snapshot() };
-        let right = ContextConsumer { base: right, context: self.context.snapshot() };
-        (ContextConsumer { base: left, context: self.context }, right, reducer)
+        let reducer = ContextReducer { base: reducer, context: self.context.snapshot(), span: self.span.clone() };
+        let right = ContextConsumer { base: right, context: self.context.snapshot(), span: self.span.clone() };
+        (ContextConsumer { base: left, context: self.context, span: self.span }, right, reducer)
     }
 
     /// Making the folder may run user code too (`fold`'s identity closure).
     fn into_folder(self) -> Self::Folder {
-        let ContextConsumer { base, context } = self;
-        let base = context.snapshot().run(|| base.into_folder());
-        ContextFolder { base, context }
+        let ContextConsumer { base, context, span } = self;
+        let base = span.run(|| context.snapshot().run(|| base.into_folder()));
+        ContextFolder { base, context, span }
     }
 
     fn full(&self) -> bool {
@@ -177,11 +183,11 @@ impl<T, C: Consumer<T>> Consumer<T> for ContextConsumer<C> {
 
 impl<T, C: UnindexedConsumer<T>> UnindexedConsumer<T> for ContextConsumer<C> {
     fn split_off_left(&self) -> Self {
-        ContextConsumer { base: self.base.split_off_left(), context: self.context.snapshot() }
+        ContextConsumer { base: self.base.split_off_left(), context: self.context.snapshot(), span: self.span.clone() }
     }
 
     fn to_reducer(&self) -> Self::Reducer {
-        ContextReducer { base: self.base.to_reducer(), context: self.context.snapshot() }
+        ContextReducer { base: self.base.to_reducer(), context: self.context.snapshot(), span: self.span.clone() }
     }
 }
 
@@ -190,12 +196,13 @@ impl<T, C: UnindexedConsumer<T>> UnindexedConsumer<T> for ContextConsumer<C> {
 struct ContextReducer<R> {
     base: R,
     context: Context,
+    span: CurrentSpan,
 }
 
 impl<T, R: Reducer<T>> Reducer<T> for ContextReducer<R> {
     fn reduce(self, left: T, right: T) -> T {
-        let ContextReducer { base, context } = self;
-        context.snapshot().run(|| base.reduce(left, right))
+        let ContextReducer { base, context, span } = self;
+        span.run(|| context.snapshot().run(|| base.reduce(left, right)))
     }
 }
 
@@ -203,6 +210,7 @@ impl<T, R: Reducer<T>> Reducer<T> for ContextReducer<R> {
 struct ContextFolder<F> {
     base: F,
     context: Context,
+    span: CurrentSpan,
 }
 
 impl<T, F: Folder<T>> Folder<T> for ContextFolder<F> {
@@ -211,9 +219,9 @@ impl<T, F: Folder<T>> Folder<T> for ContextFolder<F> {
     /// Each item starts from the submitter's values: writes made while
     /// processing one item are not seen by the next.
     fn consume(self, item: T) -> Self {
-        let ContextFolder { base, context } = self;
-        let base = context.snapshot().run(|| base.consume(item));
-        ContextFolder { base, context }
+        let ContextFolder { base, context, span } = self;
+        let base = span.run(|| context.snapshot().run(|| base.consume(item)));
+        ContextFolder { base, context, span }
     }
 
     fn consume_iter<I>(self, iter: I) -> Self
@@ -224,8 +232,8 @@ impl<T, F: Folder<T>> Folder<T> for ContextFolder<F> {
     }
 
     fn complete(self) -> Self::Result {
-        let ContextFolder { base, context } = self;
-        context.snapshot().run(|| base.complete())
+        let ContextFolder { base, context, span } = self;
+        span.run(|| context.snapshot().run(|| base.complete()))
     }
 
     fn full(&self) -> bool {

@@ -6,6 +6,10 @@
 //! values never leak between tasks that share a worker thread. Spawn with
 //! these functions (or wrap the future with
 //! [`FutureExt`](crate::FutureExt)) to give a task a context.
+//!
+//! With the `tracing` feature, each of them also carries the `tracing` span
+//! current at the call into the child (entered on every poll of a task, and
+//! around a blocking closure), so the child's events are logged inside it.
 
 #[cfg(feature = "tokio")]
 pub use self::with_tokio::*;
@@ -19,6 +23,7 @@ mod with_tokio {
 
     use crate::context::Context;
     use crate::future::FutureExt;
+    use crate::span::CurrentSpan;
     use crate::state::{peek_state, with_state};
     use crate::value::drop_each;
 
@@ -45,13 +50,14 @@ mod with_tokio {
     /// assert_eq!(child.await.unwrap(), Some(21));
     /// # });
     /// ```
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
     #[track_caller]
     pub fn spawn<F>(future: F) -> JoinHandle<F::Output>
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        tokio::spawn(future.in_current_context())
+        tokio::spawn(CurrentSpan::capture().wrap(future.in_current_context()))
     }
 
     /// [`tokio::task::spawn_local`], with the child in an O(1) snapshot of the
@@ -79,13 +85,14 @@ mod with_tokio {
     ///     assert_eq!(seen.await.unwrap(), Some(4));
     /// });
     /// ```
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
     #[track_caller]
     pub fn spawn_local<F>(future: F) -> JoinHandle<F::Output>
     where
         F: Future + 'static,
         F::Output: 'static,
     {
-        tokio::task::spawn_local(future.in_current_context())
+        tokio::task::spawn_local(CurrentSpan::capture().wrap(future.in_current_context()))
     }
 
     /// [`tokio::task::spawn_blocking`], with `f` in an O(1) snapshot of the
@@ -115,14 +122,16 @@ mod with_tokio {
     /// assert_eq!(Request::id().get(), Some(8));
     /// # });
     /// ```
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
     #[track_caller]
     pub fn spawn_blocking<F, R>(f: F) -> JoinHandle<R>
     where
         F: FnOnce() -> R + Send + 'static,
         R: Send + 'static,
     {
+        let span = CurrentSpan::capture();
         let mut context = Context::current();
-        tokio::task::spawn_blocking(move || context.run(f))
+        tokio::task::spawn_blocking(move || span.run(|| context.run(f)))
     }
 
     /// Runs `f` on tokio's blocking pool, seeing the caller's values, and
@@ -167,6 +176,7 @@ mod with_tokio {
     /// assert_eq!(Request::rows().get(), Some(10)); // written back
     /// # });
     /// ```
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
     #[track_caller]
     pub fn run_blocking<F, R>(f: F) -> impl Future<Output = R> + Send
     where
@@ -176,10 +186,10 @@ mod with_tokio {
         if peek_state(|state| state.unscoped()).unwrap_or(false) {
             panic!("{}", unscoped_blocking());
         }
-        blocking_with_write_back(f)
+        blocking_with_write_back(f, CurrentSpan::capture())
     }
 
-    async fn blocking_with_write_back<F, R>(f: F) -> R
+    async fn blocking_with_write_back<F, R>(f: F, span: CurrentSpan) -> R
     where
         F: FnOnce() -> R + Send + 'static,
         R: Send + 'static,
@@ -193,7 +203,7 @@ mod with_tokio {
         };
         let base = context.shared.clone();
         let handle = tokio::task::spawn_blocking(move || {
-            let outcome = catch_unwind(AssertUnwindSafe(|| context.run(f)));
+            let outcome = catch_unwind(AssertUnwindSafe(|| span.run(|| context.run(f))));
             (context, outcome)
         });
         let (after, outcome) = match handle.await {
@@ -235,6 +245,8 @@ mod with_tokio {
 
     /// Spawning into a [`tokio::task::JoinSet`] with the caller's context.
     ///
+    /// Implemented for `JoinSet` only (the trait is sealed).
+    ///
     /// # Examples
     ///
     /// ```
@@ -259,7 +271,8 @@ mod with_tokio {
     /// }
     /// # });
     /// ```
-    pub trait JoinSetExt<T> {
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+    pub trait JoinSetExt<T>: sealed::Sealed {
         /// [`JoinSet::spawn`](tokio::task::JoinSet::spawn), with the task in
         /// a snapshot of the caller's context.
         fn spawn_in_context<F>(&mut self, future: F) -> tokio::task::AbortHandle
@@ -275,6 +288,14 @@ mod with_tokio {
             T: Send;
     }
 
+    mod sealed {
+        /// Only `tokio::task::JoinSet` implements `JoinSetExt`, so methods
+        /// can be added to it without breaking anyone.
+        pub trait Sealed {}
+
+        impl<T> Sealed for tokio::task::JoinSet<T> {}
+    }
+
     impl<T: 'static> JoinSetExt<T> for tokio::task::JoinSet<T> {
         #[track_caller]
         fn spawn_in_context<F>(&mut self, future: F) -> tokio::task::AbortHandle
@@ -282,7 +303,7 @@ mod with_tokio {
             F: Future<Output = T> + Send + 'static,
             T: Send,
         {
-            self.spawn(future.in_current_context())
+            self.spawn(CurrentSpan::capture().wrap(future.in_current_context()))
         }
 
         #[track_caller]
@@ -291,8 +312,9 @@ mod with_tokio {
             F: FnOnce() -> T + Send + 'static,
             T: Send,
         {
+            let span = CurrentSpan::capture();
             let mut context = Context::current();
-            self.spawn_blocking(move || context.run(f))
+            self.spawn_blocking(move || span.run(|| context.run(f)))
         }
     }
 }

@@ -3,13 +3,15 @@
 use std::thread::JoinHandle;
 
 use crate::context::Context;
+use crate::span::CurrentSpan;
 
 /// [`std::thread::spawn`], with `f` running in an O(1) snapshot of the
 /// caller's context.
 ///
 /// The new thread sees the caller's inherited task-scoped values; what it
 /// writes stays in its snapshot. Thread-scoped values are never carried: the
-/// new thread starts with its own.
+/// new thread starts with its own. With the `tracing` feature, `f` also
+/// runs inside the `tracing` span current at the call.
 ///
 /// # Panics
 ///
@@ -44,6 +46,7 @@ where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
+    let span = CurrentSpan::capture();
     let mut context = Context::current();
-    std::thread::spawn(move || context.run(f))
+    std::thread::spawn(move || span.run(|| context.run(f)))
 }

@@ -43,7 +43,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 
-use http::{Request, Response};
+use http::{HeaderName, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
@@ -85,24 +85,25 @@ impl<Req, A: OnRequest<Req>, B: OnRequest<Req>> OnRequest<Req> for Both<A, B> {
     }
 }
 
-/// Stores the request id in a field: tower-http's `RequestId` extension if
-/// `SetRequestIdLayer` ran before this layer, else the `x-request-id` header.
-#[derive(Clone, Copy)]
-pub struct RequestIdInto(Field<String>);
+/// Stores a request header's value in a field (the hook
+/// [`ContextLayer::request_id`] and [`ContextLayer::request_id_from`] add).
+#[derive(Clone)]
+pub struct RequestIdInto {
+    header: HeaderName,
+    field: Field<String>,
+}
 
 impl fmt::Debug for RequestIdInto {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("RequestIdInto").field(&self.0.name()).finish()
+        f.debug_struct("RequestIdInto").field("header", &self.header).field("field", &self.field.name()).finish()
     }
 }
 
 impl<B> OnRequest<B> for RequestIdInto {
     fn on_request(&self, request: &Request<B>) {
-        let from_extension =
-            request.extensions().get::<tower_http::request_id::RequestId>().map(|id| id.header_value());
-        let header = from_extension.or_else(|| request.headers().get("x-request-id"));
-        if let Some(id) = header.and_then(|value| value.to_str().ok()) {
-            self.0.set(id.to_string());
+        // The first value, if it is visible ASCII (`HeaderValue::to_str`).
+        if let Some(id) = request.headers().get(&self.header).and_then(|value| value.to_str().ok()) {
+            self.field.set(id.to_string());
         }
     }
 }
@@ -150,26 +151,71 @@ impl<H> ContextLayer<H> {
         ContextLayer { inherit: self.inherit, hook: Both(self.hook, hook) }
     }
 
-    /// Stores each request's id in `field`: tower-http's `RequestId`
-    /// extension when `SetRequestIdLayer` runs before this layer, else the
-    /// `x-request-id` header.
+    /// Stores each request's `x-request-id` header in `field`, as the client
+    /// sent it or as a layer placed outside this one set it (tower-http's
+    /// `SetRequestIdLayer::x_request_id`, any version). A request without the
+    /// header, or whose value is not visible ASCII, leaves `field` unset.
+    ///
+    /// Only the header is read: extensions such as tower-http's `RequestId`
+    /// are not, so this works whatever version of tower-http (or none) the
+    /// application uses. For another header, use
+    /// [`request_id_from`](ContextLayer::request_id_from).
     ///
     /// # Examples
     ///
     /// ```
     /// use context_local::tower::ContextLayer;
     /// use context_local::ContextLocal;
+    /// use http_body_util::{BodyExt, Full};
+    /// use tower::{service_fn, Layer, ServiceExt};
     ///
     /// #[derive(ContextLocal)]
     /// struct RequestContext {
     ///     request_id: String,
     /// }
     ///
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
     /// let layer = ContextLayer::new().request_id(RequestContext::request_id());
-    /// # let _ = layer;
+    /// let service = layer.layer(service_fn(|_: http::Request<()>| async {
+    ///     let id = RequestContext::request_id().get().unwrap_or_else(|| "unset".into());
+    ///     Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(bytes::Bytes::from(id))))
+    /// }));
+    /// let body_for = |request| async {
+    ///     let response = service.clone().oneshot(request).await.unwrap();
+    ///     response.into_body().collect().await.unwrap().to_bytes()
+    /// };
+    /// let request = http::Request::builder().header("x-request-id", "req-1").body(()).unwrap();
+    /// assert_eq!(body_for(request).await, "req-1");
+    /// assert_eq!(body_for(http::Request::new(())).await, "unset");
+    /// # });
     /// ```
     pub fn request_id(self, field: Field<String>) -> ContextLayer<Both<H, RequestIdInto>> {
-        self.on_request(RequestIdInto(field))
+        self.request_id_from(HeaderName::from_static("x-request-id"), field)
+    }
+
+    /// Stores each request's header `name` in `field`: the request id of
+    /// services that use another header than `x-request-id`. A request
+    /// without the header, or whose value is not visible ASCII, leaves
+    /// `field` unset.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use context_local::tower::ContextLayer;
+    /// use context_local::ContextLocal;
+    /// use http::HeaderName;
+    ///
+    /// #[derive(ContextLocal)]
+    /// struct RequestContext {
+    ///     trace_id: String,
+    /// }
+    ///
+    /// let layer = ContextLayer::new()
+    ///     .request_id_from(HeaderName::from_static("x-amzn-trace-id"), RequestContext::trace_id());
+    /// # let _ = layer;
+    /// ```
+    pub fn request_id_from(self, name: HeaderName, field: Field<String>) -> ContextLayer<Both<H, RequestIdInto>> {
+        self.on_request(RequestIdInto { header: name, field })
     }
 }
 

@@ -1,4 +1,5 @@
-//! One SQLite connection per thread: the seed's `ThreadLocalDB`.
+//! One SQLite connection per thread: Python's `threading.local` database
+//! helper (a `ThreadLocalDB` class holding `local.connection`).
 //!
 //! Four worker threads write orders into one database file. Each thread opens
 //! its connection on first use and reuses it for every query; `close` drops
@@ -22,7 +23,7 @@ struct ThreadDb {
 
 static OPENED: AtomicUsize = AtomicUsize::new(0);
 
-/// The seed's `ThreadLocalDB`: a path, and a connection per thread.
+/// A `ThreadLocalDB`: a path, and a connection per thread.
 struct ThreadLocalDb {
     path: PathBuf,
 }

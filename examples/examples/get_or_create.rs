@@ -1,10 +1,11 @@
-//! AlexBerUtils' three thread-local helpers, with a thread-scoped struct.
+//! Three thread-local helpers Python code often writes, with a thread-scoped
+//! struct.
 //!
-//! - `threadlocal_var(locals, name, factory)`: get, or create with the
-//!   factory on first use in this thread: `get_or_insert_with`.
-//! - `get_threadlocal_var(locals, name)`: the value must exist: `try_get`,
-//!   whose error names the field.
-//! - `del_threadlocal_var(locals, name)`: delete, silently if unset: `delete`.
+//! - get, or create with a factory on first use in this thread
+//!   (`getattr(local, name, None)`, else `setattr`): `get_or_insert_with`.
+//! - the value must exist (`getattr(local, name)`, `AttributeError` if not):
+//!   `try_get`, whose error names the field.
+//! - delete, silently if unset (`delattr` guarded by `hasattr`): `delete`.
 //!
 //! Run: `cargo run -p examples --example get_or_create`
 

@@ -1,6 +1,6 @@
-//! The request id in every log line: the seed's logging `ContextFilter`.
+//! The request id in every log line: Python's logging `ContextFilter`.
 //!
-//! The seed keeps `request_id` in a `threading.local` and a logging filter
+//! In Python, `request_id` lives in a `threading.local` and a logging filter
 //! copies it onto every record. Here the field is marked
 //! `#[context_local(log)]` and `ContextLogger` adds it to every `log` record;
 //! the formatter prints `[request_id] message`. Four threads handle requests
@@ -19,7 +19,7 @@ struct LogContext {
     request_id: String,
 }
 
-/// Prints `[request_id] message`, like the seed's
+/// Prints `[request_id] message`, like Python's
 /// `Formatter('%(asctime)s [%(request_id)s] %(message)s')`, and keeps the line.
 #[derive(Clone, Default)]
 struct Formatter {
@@ -43,7 +43,7 @@ impl log::Log for Formatter {
 }
 
 fn process_request(request_id: &str) {
-    // set_context(...) ... clear_context(), as in the seed.
+    // set_context(...) ... clear_context(), as with the Python filter.
     LogContext::request_id().set(request_id.to_string());
     log::info!("Starting request {request_id}");
     std::thread::yield_now();

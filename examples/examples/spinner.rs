@@ -1,9 +1,9 @@
 //! A spinner thread that shows the request id while slow work runs, and stops
-//! when the work sets an event: the seed's `threading.Event` spinner.
+//! when the work sets an event: a Python `threading.Event` spinner.
 //!
 //! The spinner is started with `context_local::thread::spawn`, so it runs in
 //! a snapshot of the request's context and can label its frames with the
-//! request id without being passed it. `Event` is the seed's
+//! request id without being passed it. `Event` is Python's
 //! `threading.Event`: a flag with a condition variable.
 //!
 //! Run: `cargo run -p examples --example spinner`

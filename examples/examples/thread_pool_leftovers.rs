@@ -1,4 +1,4 @@
-//! The seed's `ThreadPoolExecutor` pitfall, and the fix.
+//! The `ThreadPoolExecutor` pitfall of Python's `threading.local`, and the fix.
 //!
 //! Thread-scoped values live as long as the thread, and a pool reuses its
 //! threads, so a job can see what the previous job on the same thread left

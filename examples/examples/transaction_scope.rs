@@ -1,4 +1,4 @@
-//! A transaction per thread: the seed's `TransactionManager`.
+//! A transaction per thread: a Python `TransactionManager` on `threading.local`.
 //!
 //! `transaction(f)` opens a transaction in the thread's context, runs `f`,
 //! commits if `f` returns `Ok` and rolls back if it returns `Err` or panics.

@@ -28,6 +28,22 @@ fn check(name: &str, expected: &str) {
 }
 
 #[test]
+fn quick_start() {
+    check("quick_start", "hello alice (req-1)\nhello stranger (req-2)");
+}
+
+/// The README opens with the quick start example, word for word.
+#[test]
+fn the_readme_quick_start_is_the_example() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
+    let example = std::fs::read_to_string(root.join("examples/examples/quick_start.rs")).expect("quick_start.rs");
+    let start = readme.find("```rust\n").expect("a rust block in the README") + "```rust\n".len();
+    let block = &readme[start..start + readme[start..].find("```").expect("the block's end")];
+    assert_eq!(block, example, "the README's first rust block differs from examples/examples/quick_start.rs");
+}
+
+#[test]
 fn request_context() {
     check("request_context", "50 concurrent requests, 0 saw another request's context");
 }

@@ -375,6 +375,7 @@ fn a_logged_field_whose_display_logs_does_not_recurse() {
             let out = Captured::default();
             let writer = out.clone();
             let subscriber = tracing_subscriber::fmt()
+                .with_ansi(false)
                 .event_format(context_local::tracing::ContextFields::new(
                     tracing_subscriber::fmt::format().without_time().with_target(false),
                 ))

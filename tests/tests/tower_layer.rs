@@ -8,13 +8,16 @@ use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::body::Body;
-use axum::http::{HeaderValue, Request};
+use axum::http::{HeaderName, HeaderValue, Request, StatusCode};
+use axum::middleware::{from_fn, Next};
+use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
 use context_local::tower::ContextLayer;
 use context_local::{ContextLocal, FutureExt as _};
 use tower::ServiceExt as _;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestId, RequestId, SetRequestIdLayer};
 
 #[derive(ContextLocal)]
@@ -59,12 +62,15 @@ async fn stream() -> Body {
     Body::from_stream(chunks)
 }
 
+/// The routes, without any layer.
+fn routes() -> Router {
+    Router::new().route("/", get(handler)).route("/stream", get(stream))
+}
+
 fn app() -> Router {
-    Router::new().route("/", get(handler)).route("/stream", get(stream)).layer(
-        ContextLayer::new().request_id(RequestContext::request_id()).on_request(|_: &Request<Body>| {
-            RequestContext::hooks().update(|n| *n += 1);
-        }),
-    )
+    routes().layer(ContextLayer::new().request_id(RequestContext::request_id()).on_request(|_: &Request<Body>| {
+        RequestContext::hooks().update(|n| *n += 1);
+    }))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -124,13 +130,86 @@ impl MakeRequestId for Counter {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_id_comes_from_tower_http_request_id_when_it_runs_first() {
+async fn the_id_set_by_tower_http_outside_the_layer_is_read_from_the_header() {
     // `layer` wraps outward: SetRequestIdLayer runs before ContextLayer.
     let router = app().layer(SetRequestIdLayer::x_request_id(Counter::default()));
     let addr = common::serve(router).await;
     let client = common::client();
     assert_eq!(common::get(&client, addr, "/", None).await, "gen-0|gen-0|gen-0|1");
     assert_eq!(common::get(&client, addr, "/", Some("given")).await, "given|given|given|1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_id_from_reads_the_named_header_set_by_the_client_or_by_tower_http() {
+    let trace_id = HeaderName::from_static("x-trace-id");
+    let router = routes()
+        .layer(ContextLayer::new().request_id_from(trace_id.clone(), RequestContext::request_id()))
+        .layer(SetRequestIdLayer::new(trace_id, Counter::default()));
+    let addr = common::serve(router).await;
+    let client = common::client();
+    let get = |headers: &'static [(&'static str, &'static str)]| common::get_with(&client, addr, "/", headers);
+    assert_eq!(get(&[]).await, (StatusCode::OK, "gen-0|gen-0|gen-0|0".into()));
+    assert_eq!(get(&[("x-trace-id", "t-1")]).await, (StatusCode::OK, "t-1|t-1|t-1|0".into()));
+    // `x-request-id` is not the header this layer reads.
+    assert_eq!(get(&[("x-request-id", "r-1")]).await, (StatusCode::OK, "gen-1|gen-1|gen-1|0".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_id_reads_only_the_header_never_a_request_id_extension() {
+    // tower-http puts its `RequestId` extension on the request and the id in
+    // `x-trace-id`; `request_id` reads `x-request-id` only, so it stays unset.
+    let router = app().layer(SetRequestIdLayer::new(HeaderName::from_static("x-trace-id"), Counter::default()));
+    let addr = common::serve(router).await;
+    let client = common::client();
+    assert_eq!(common::get(&client, addr, "/", None).await, "none|none|none|1");
+    assert_eq!(common::get(&client, addr, "/", Some("given")).await, "given|given|given|1");
+
+    // An extension put there by any other middleware is not read either.
+    let with_extension = app().layer(axum::middleware::map_request(|mut request: Request<Body>| async move {
+        request.extensions_mut().insert(RequestId::new(HeaderValue::from_static("from-extension")));
+        request
+    }));
+    let addr = common::serve(with_extension).await;
+    assert_eq!(common::get(&client, addr, "/", None).await, "none|none|none|1");
+}
+
+/// A middleware that fills the request's fields: it needs a context, which
+/// only `ContextLayer` placed outside it gives.
+async fn fill_fields(request: Request<Body>, next: Next) -> Response {
+    RequestContext::request_id().set("from the middleware".into());
+    next.run(request).await
+}
+
+/// Turns a panic into a 500 response whose body is the panic's message.
+fn panic_message(panic: Box<dyn std::any::Any + Send>) -> Response {
+    let message = match panic.downcast::<String>() {
+        Ok(message) => *message,
+        Err(panic) => panic.downcast_ref::<&str>().map_or("(not a string)", |s| s).to_string(),
+    };
+    let mut response = Response::new(Body::from(message));
+    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    response
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_middleware_filling_fields_without_context_layer_panics_naming_context_layer() {
+    let without = routes().layer(from_fn(fill_fields)).layer(CatchPanicLayer::custom(panic_message));
+    let addr = common::serve(without).await;
+    let client = common::client();
+    let (status, message) = common::get_with(&client, addr, "/", &[]).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(message.contains("`RequestContext::request_id`"), "names the field: {message}");
+    assert!(message.contains("no context of its own"), "says what is wrong: {message}");
+    assert!(message.contains("put `context_local::tower::ContextLayer` outermost"), "says the fix: {message}");
+
+    // The fix, as the message says: ContextLayer outermost.
+    let with = routes().layer(from_fn(fill_fields)).layer(ContextLayer::new());
+    let addr = common::serve(with).await;
+    let (status, body) = common::get_with(&client, addr, "/", &[]).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "from the middleware|from the middleware|from the middleware|0")
+    );
 }
 
 #[tokio::test]

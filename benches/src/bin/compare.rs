@@ -1,4 +1,4 @@
-//! Prints every ratio issue 3 targets, from the estimates criterion saved in
+//! Prints every ratio the README's *Performance* section targets, from the estimates criterion saved in
 //! the last `cargo bench -p benches` run: one line each, `name: ratio (target)`.
 //!
 //! Run: `cargo run -p benches --release --bin compare`.

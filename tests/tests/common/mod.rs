@@ -28,6 +28,23 @@ pub fn client() -> HttpClient {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
+/// GETs `path` with `headers`; returns the status and the body as text.
+pub async fn get_with(
+    client: &HttpClient,
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (hyper::StatusCode, String) {
+    let mut request = hyper::Request::get(format!("http://{addr}{path}"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = client.request(request.body(Empty::new()).expect("request")).await.expect("response");
+    let status = response.status();
+    let body = response.into_body().collect().await.expect("body").to_bytes();
+    (status, String::from_utf8(body.to_vec()).expect("utf-8 body"))
+}
+
 /// GETs `path`, with `x-request-id: id` if given; returns the body as text.
 pub async fn get(client: &HttpClient, addr: SocketAddr, path: &str, id: Option<&str>) -> String {
     let mut request = hyper::Request::get(format!("http://{addr}{path}"));
