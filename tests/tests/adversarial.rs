@@ -1104,13 +1104,18 @@ fn select_and_abort_drop_in_own_context() {
     let rt = if cfg!(miri) { current_rt() } else { multi_rt() };
     let n: u32 = if cfg!(miri) { 6 } else { 200 };
     rt.block_on(async {
+        // Each task says when its values are set, so every one is aborted (or
+        // finished) only after it has something to drop.
+        let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
         let mut hs = Vec::new();
         for i in 0..n {
+            let ready = ready_tx.clone();
             let id = 20_000 + i;
             let fut = async move {
                 Marker::m().set(id);
                 Sel::probe().set(Some(SeeOnDrop(id)));
                 let _local = SeeOnDrop(id);
+                ready.send(()).unwrap();
                 tokio::select! {
                     _ = std::future::pending::<()>() => {},
                     _ = tokio::time::sleep(std::time::Duration::from_millis((i % 3) as u64)) => {},
@@ -1122,7 +1127,9 @@ fn select_and_abort_drop_in_own_context() {
             .in_new_context();
             hs.push(tokio::spawn(fut));
         }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        for _ in 0..n {
+            ready_rx.recv().await.unwrap();
+        }
         for h in &hs {
             h.abort();
         }
