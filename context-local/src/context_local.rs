@@ -10,7 +10,9 @@ use crate::future::{FutureExt, InContext};
 use crate::init::run_init;
 use crate::slot::{Loc, Space};
 use crate::state::{self, with_state, Blocked, ThreadState};
-use crate::value::{drop_each, Stored};
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+
+use crate::value::{drop_each, end_after, Drops, Stored};
 
 /// A struct whose fields live in the current context (task scope) or thread
 /// (thread scope). Implemented by `#[derive(ContextLocal)]`; the derive also
@@ -178,14 +180,34 @@ pub trait ContextLocal: Sized + 'static {
         Self: Clone,
     {
         let desc = Self::__descriptor();
+        // Misuse first, before `init` or a `default` runs.
+        expect(state::read(desc.name, desc.space(), |state| check_struct_readable(state, desc)));
         expect(prepare(desc));
         if desc.all_shared() {
-            let counts = expect(shared_counts(desc))?;
-            return Some(Self::__load(&mut Parts { items: counts.into_iter() }));
+            // Hold a count of every value while each is cloned (with the
+            // storage released), so a `Clone` that rewrites a field frees
+            // nothing it is still to clone; let go of them afterwards, each
+            // destructor contained.
+            let held = expect(shared_counts(desc))?;
+            let copies: Vec<Stored> = held.iter().filter_map(Stored::share).collect();
+            let mut drops = Drops::default();
+            let value = catch_unwind(AssertUnwindSafe(|| Self::__load(&mut Parts { items: copies.into_iter() })));
+            drops.drop_all(held);
+            let value = match value {
+                Ok(value) if !drops.panicked() => value,
+                Ok(value) => {
+                    drops.drop_one(value);
+                    drops.finish();
+                    return None;
+                }
+                Err(panic) => resume_unwind(panic),
+            };
+            return Some(value);
         }
         let taken = expect(take_fields(desc))?;
         let value = PutBack::<Self>(Some(Self::__load(&mut Parts { items: taken.into_iter() })));
-        value.0.clone()
+        let copy = value.0.clone();
+        end_after(value, copy)
     }
 
     /// Moves every field out (after `init`/`default`). All must be set: else
@@ -217,6 +239,8 @@ pub trait ContextLocal: Sized + 'static {
     #[track_caller]
     fn take() -> Option<Self> {
         let desc = Self::__descriptor();
+        // Misuse first, before `init` or a `default` runs.
+        expect(state::read(desc.name, desc.space(), |state| check_struct_free(state, desc)));
         expect(prepare(desc));
         let taken = expect(take_fields(desc))?;
         Some(Self::__load(&mut Parts { items: taken.into_iter() }))
@@ -265,6 +289,12 @@ fn check_struct_free(state: &ThreadState, desc: &'static StructDesc) -> Result<(
     Ok(())
 }
 
+/// Fails with `Reentrant` if a closure here is using any field of the struct
+/// (or its `init`) in a way that rules out reading it.
+fn check_struct_readable(state: &ThreadState, desc: &'static StructDesc) -> Result<(), AccessError> {
+    desc.locs().try_for_each(|loc| state.check_readable(loc, desc.name))
+}
+
 /// Runs `init` and every field's `default`, for whole-struct reads.
 fn prepare(desc: &'static StructDesc) -> Result<(), AccessError> {
     run_init(desc, desc.name)?;
@@ -287,9 +317,7 @@ fn take_fields(desc: &'static StructDesc) -> Result<Option<Vec<Stored>>, AccessE
 /// outside any borrow; `None` if one is unset.
 fn shared_counts(desc: &'static StructDesc) -> Result<Option<Vec<Stored>>, AccessError> {
     state::read(desc.name, desc.space(), |state| {
-        for loc in desc.locs() {
-            state.check_readable(loc, desc.name)?;
-        }
+        check_struct_readable(state, desc)?;
         let counts = desc.fields.iter().map(|field| state.current.get_shared(field.loc().index).cloned());
         Ok(counts.map(|count| count.map(Stored::Shared)).collect())
     })

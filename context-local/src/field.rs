@@ -9,7 +9,9 @@ use crate::error::{expect, settle, AccessError};
 use crate::init::run_init;
 use crate::slot::{Loc, Space};
 use crate::state::{self, with_state, Ending, ThreadState, Token, Use};
-use crate::value::{drop_contained, drop_each, plain_clone, LocalBox, SharedArc, Stored, ThreadRc};
+use crate::value::{
+    drop_contained, drop_each, end_after, plain_clone, Contained, LocalBox, SharedArc, Stored, ThreadRc,
+};
 
 /// One field of a `#[derive(ContextLocal)]` struct, in whatever context is
 /// current where a method is called.
@@ -432,7 +434,7 @@ impl<T: 'static> Field<T> {
     where
         T: Clone,
     {
-        expect(self.read(plain_clone::<T>(), Fill::Instead(f), T::clone))
+        expect(self.read(plain_clone::<T>(), Fill::instead(f), T::clone))
     }
 
     /// Like [`set`](Field::set), with misuse as an error instead of a panic
@@ -555,6 +557,10 @@ impl<T: 'static> Field<T> {
         let loc = self.loc();
         state::read(self.desc.name, loc.space, |state| {
             state.check_readable(loc, self.desc.name)?;
+            // Inside the struct's own `init` any access to it is `Reentrant`.
+            if let Some(init) = self.desc.owner.init_loc() {
+                state.check_free(init, self.desc.name)?;
+            }
             Ok(state.contains(loc))
         })
     }
@@ -705,9 +711,9 @@ impl<T: 'static> Field<T> {
             return run_init(self.desc.owner, self.desc.name);
         }
         match (std::mem::replace(fill, Fill::Default), self.desc.default) {
-            (Fill::Instead(make), _) => self.store_computed(make),
+            (Fill::Instead(make), _) => self.store_computed(make.into_inner()),
             (_, Some(make)) => self.store_computed(make),
-            (Fill::DefaultOr(make), None) => self.store_computed(make),
+            (Fill::DefaultOr(make), None) => self.store_computed(make.into_inner()),
             (Fill::Default, None) => Err(self.unset()),
         }
     }
@@ -738,7 +744,9 @@ impl<T: 'static> Field<T> {
     fn write(&self, value: Option<T>) -> Result<Option<Stored>, AccessError> {
         let loc = self.loc();
         let name = self.desc.name;
-        let mut value = value.map(|value| self.desc.wrap(value));
+        // Held contained: `init` may panic, and then the value's destructor
+        // runs while the thread unwinds.
+        let mut value = Contained::maybe(value.map(|value| self.desc.wrap(value)));
         for _ in 0..PASSES {
             let done = state::write(name, loc.space, |state| {
                 state.check_free(loc, name)?;
@@ -753,19 +761,17 @@ impl<T: 'static> Field<T> {
             match done {
                 Ok(Some(old)) => return Ok(old),
                 Ok(None) => run_init(self.desc.owner, name)?,
-                Err(misuse) => {
-                    drop_contained(value);
-                    return Err(misuse);
-                }
+                Err(misuse) => return Err(misuse),
             }
         }
-        drop_contained(value);
         Err(AccessError::Reentrant { field: name })
     }
 
     /// Moves the value out of storage, runs `op` on it, and puts it back
     /// (also when `op` panics), unless the slot was rewritten meanwhile.
     fn modify<F: FnOnce() -> T, R>(&self, mut fill: Fill<F>, op: impl FnOnce(&mut T) -> R) -> Result<R, AccessError> {
+        // `init` or `default` may panic before `op` runs (see `write`).
+        let op = Contained::new(op);
         let loc = self.loc();
         let name = self.desc.name;
         for _ in 0..PASSES {
@@ -780,7 +786,8 @@ impl<T: 'static> Field<T> {
                 Ok((value, token)) => {
                     let mut lease = Lease { loc, token, value: Some(value) };
                     let value = lease.value.as_mut().and_then(Stored::as_any_mut);
-                    return Ok(op(self.cast_mut(value)));
+                    let result = op.into_inner()(self.cast_mut(value));
+                    return Ok(end_after(lease, result));
                 }
                 Err(miss) => self.resolve(miss, &mut fill)?,
             }
@@ -792,6 +799,8 @@ impl<T: 'static> Field<T> {
     /// other fields. The closure's frame keeps the value alive (a count of
     /// it, or the value itself), whatever happens to the slot meanwhile.
     fn lend<R>(&self, op: impl FnOnce(&T) -> R) -> Result<R, AccessError> {
+        // `init` or `default` may panic before `op` runs (see `write`).
+        let op = Contained::new(op);
         let loc = self.loc();
         for _ in 0..PASSES {
             let found = state::write(self.desc.name, loc.space, |state| {
@@ -803,8 +812,8 @@ impl<T: 'static> Field<T> {
             })?;
             match found {
                 Ok(hold) => {
-                    let value = self.cast(hold.value());
-                    return Ok(op(value));
+                    let result = op.into_inner()(self.cast(hold.value()));
+                    return Ok(end_after(hold, result));
                 }
                 Err(miss) => self.resolve(miss, &mut Fill::<fn() -> T>::Default)?,
             }
@@ -821,7 +830,10 @@ impl<T: 'static> Field<T> {
             state.check_readable(loc, name)?;
             Ok(Hold::take(state, loc))
         })?;
-        Ok(hold.map(|hold| op(self.cast(hold.value()))))
+        Ok(hold.map(|hold| {
+            let result = op(self.cast(hold.value()));
+            end_after(hold, result)
+        }))
     }
 }
 
@@ -830,13 +842,26 @@ impl<T: 'static> Field<T> {
 const PASSES: usize = 3;
 
 /// What an access stores when the field is unset (after `init`).
+///
+/// The closure is held contained: it may own values, and `init` may panic
+/// before it runs.
 enum Fill<F> {
     /// The field's `default`, if it has one.
     Default,
     /// The field's `default`, else `F` (`push` starts an empty `Vec`).
-    DefaultOr(F),
+    DefaultOr(Contained<F>),
     /// `F`, even if the field has a `default` (`get_or_insert_with`).
-    Instead(F),
+    Instead(Contained<F>),
+}
+
+impl<F> Fill<F> {
+    fn default_or(make: F) -> Self {
+        Fill::DefaultOr(Contained::new(make))
+    }
+
+    fn instead(make: F) -> Self {
+        Fill::Instead(Contained::new(make))
+    }
 }
 
 /// Why a read found no value.
@@ -1003,7 +1028,7 @@ impl<E: 'static> Field<Vec<E>> {
     /// ```
     #[track_caller]
     pub fn push(&self, value: E) {
-        expect(self.modify(Fill::DefaultOr(Vec::new), |stack| stack.push(value)));
+        expect(self.modify(Fill::default_or(Vec::new), |stack| stack.push(value)));
     }
 
     /// Removes and returns the top of the stack; `None` if it is empty or unset.

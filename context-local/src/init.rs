@@ -21,6 +21,11 @@ pub(crate) fn run_init(desc: &'static StructDesc, field: &'static str) -> Result
         if state.contains(marker) {
             return Ok(None);
         }
+        // `init` writes every field: not while a closure here uses one (a
+        // guard may have emptied the field it reads and unmarked `init`).
+        for loc in desc.fields.iter().map(|field| field.loc()) {
+            state.check_free(loc, field)?;
+        }
         Ok(Some(state.begin(marker, Use::Init)))
     })?;
     let Some(token) = due else {

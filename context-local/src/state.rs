@@ -229,10 +229,22 @@ impl ThreadState {
     }
 
     fn lent(&self, loc: Loc) -> Option<&dyn Any> {
-        match self.use_of(loc)? {
-            Busy { how: Use::Lent(value), displaced: false, .. } => Some(&***value as &dyn Any),
-            _ => None,
+        self.lent_entry(loc).map(|value| &***value as &dyn Any)
+    }
+
+    /// The `no_inherit` value a `with` moved out of `loc` here, if it is still
+    /// the field's value (nested reads of it hold only `Read` marks).
+    fn lent_entry(&self, loc: Loc) -> Option<&Rc<LocalBox>> {
+        if self.busy.is_empty() {
+            return None;
         }
+        let context = self.context_of(loc);
+        let lent = self.busy.iter().rev().filter(|busy| busy.loc == loc && busy.context == context);
+        lent.filter_map(|busy| match busy {
+            Busy { how: Use::Lent(value), displaced: false, .. } => Some(value),
+            _ => None,
+        })
+        .next()
     }
 
     /// Whether a value is there (see [`find`](ThreadState::find)).
@@ -324,10 +336,7 @@ impl ThreadState {
 
     /// Inside a `with` of a `no_inherit` value, a count of the value it lent.
     pub(crate) fn lent_local(&self, loc: Loc) -> Option<Rc<LocalBox>> {
-        match self.use_of(loc)? {
-            Busy { how: Use::Lent(value), displaced: false, .. } => Some(value.clone()),
-            _ => None,
-        }
+        self.lent_entry(loc).cloned()
     }
 
     /// Ends the use of a `with` that moved a `no_inherit` value out: puts it

@@ -45,6 +45,14 @@ pub(crate) enum Stored {
 }
 
 impl Stored {
+    /// Another count of a shared value (`None` for values of other spaces).
+    pub(crate) fn share(&self) -> Option<Stored> {
+        match self {
+            Stored::Shared(arc) => Some(Stored::Shared(arc.clone())),
+            _ => None,
+        }
+    }
+
     /// Moves the value out as `T`; `None` if it is not a `T` (or, for a
     /// thread-scoped value, if a `with` closure still holds it, which the
     /// busy checks rule out before any caller gets here).
@@ -145,6 +153,11 @@ impl Drops {
         }
     }
 
+    /// Whether a destructor panicked so far.
+    pub(crate) fn panicked(&self) -> bool {
+        self.panic.is_some()
+    }
+
     /// Resumes the first panic, unless the thread is already unwinding (a
     /// second panic then would abort the process; the first one goes on).
     pub(crate) fn finish(self) {
@@ -176,4 +189,57 @@ pub(crate) fn drop_each<V>(values: impl IntoIterator<Item = V>) {
     let mut drops = Drops::default();
     drops.drop_all(values);
     drops.finish();
+}
+
+/// A value (or closure) the caller handed to the library, held while user
+/// code (`init`, `default`, a `Clone`) runs: if that code panics, the value
+/// is dropped on the way out with its destructor contained, so a destructor
+/// that panics too cannot abort the process.
+pub(crate) struct Contained<V>(Option<V>);
+
+impl<V> Contained<V> {
+    pub(crate) fn new(value: V) -> Self {
+        Contained(Some(value))
+    }
+
+    /// Holds a value that may be absent.
+    pub(crate) fn maybe(value: Option<V>) -> Self {
+        Contained(value)
+    }
+
+    /// The value, to use it; `None` once taken.
+    pub(crate) fn take(&mut self) -> Option<V> {
+        self.0.take()
+    }
+
+    /// The value, to use it (made with [`new`](Contained::new), not yet taken).
+    pub(crate) fn into_inner(mut self) -> V {
+        match self.0.take() {
+            Some(value) => value,
+            None => unreachable!("a contained value is used once"),
+        }
+    }
+}
+
+impl<V> Drop for Contained<V> {
+    fn drop(&mut self) {
+        if let Some(value) = self.0.take() {
+            drop_contained(value);
+        }
+    }
+}
+
+/// Drops `guard` (which may run destructors: a value put back displaces
+/// another, a count let go of is the last) once `result` is made. If that
+/// panics, `result` is dropped, contained, before the panic goes on: without
+/// this a panic from a guard's destructor would leak the caller's result.
+pub(crate) fn end_after<G, R>(guard: G, result: R) -> R {
+    match catch_unwind(AssertUnwindSafe(move || drop(guard))) {
+        Ok(()) => result,
+        Err(panic) => {
+            // A second panic from `result` is dropped: the first one goes on.
+            Drops::default().drop_one(result);
+            resume_unwind(panic)
+        }
+    }
 }

@@ -3,10 +3,10 @@
 //! is dropped exactly once, the first panic reaches the caller (unless the
 //! thread is unwinding or exiting), and the process never aborts.
 //!
-//! Today each scenario aborts the process (a second panic while the first
-//! unwinds through the same drop glue), so each runs in a child process (see
-//! `common/child.rs`) and the test checks how the child ended and the drop
-//! counts it printed.
+//! Without that containment each scenario aborts the process (a second panic
+//! while the first unwinds through the same drop glue), so each runs in a
+//! child process (see `common/child.rs`) and the test checks how the child
+//! ended and the drop counts it printed.
 
 #[path = "common/child.rs"]
 mod child;
@@ -195,4 +195,110 @@ fn dropping_a_context_holding_two_panicking_values_drops_both_then_panics() {
         },
         &["panicked=true dropped=2"],
     );
+}
+
+#[derive(ContextLocal)]
+#[context_local(init = Failing::fresh)]
+struct Failing {
+    v: Bomb,
+}
+
+impl Failing {
+    fn fresh() -> Failing {
+        panic!("init fails");
+    }
+}
+
+// `set` holds the new value while the struct's `init` runs first; `init`
+// panics, and the value is dropped while that panic unwinds: its own panic
+// must be contained there, not abort the process.
+#[test]
+fn a_panicking_value_given_to_set_whose_init_panics_does_not_abort() {
+    run_isolated(
+        "a_panicking_value_given_to_set_whose_init_panics_does_not_abort",
+        || {
+            let ledger = Arc::new(Ledger::default());
+            Context::new().run(|| {
+                let set = catch_unwind(|| Failing::v().set(Bomb::loud(1, &ledger)));
+                let panic = set.err().map(|payload| message(&*payload));
+                report(&format!("panic={} dropped={}", panic.as_deref().unwrap_or("none"), ledger.dropped()));
+            });
+        },
+        &["panic=init fails dropped=1"],
+    );
+}
+
+// Likewise for the closures `update` and `get_or_insert_with` are given: they
+// may own values, and `init` runs before them.
+#[test]
+fn a_panicking_value_owned_by_a_closure_whose_init_panics_does_not_abort() {
+    run_isolated(
+        "a_panicking_value_owned_by_a_closure_whose_init_panics_does_not_abort",
+        || {
+            let ledger = Arc::new(Ledger::default());
+            Context::new().run(|| {
+                let owned = Bomb::loud(1, &ledger);
+                let updated = catch_unwind(AssertUnwindSafe(|| Failing::v().update(move |v| *v = owned)));
+                let owned = Bomb::loud(2, &ledger);
+                let inserted = catch_unwind(AssertUnwindSafe(|| Failing::v().get_or_insert_with(move || owned)));
+                let panics: Vec<String> =
+                    [updated.err(), inserted.err()].into_iter().flatten().map(|payload| message(&*payload)).collect();
+                report(&format!("panics={panics:?} dropped={}", ledger.dropped()));
+            });
+        },
+        &[r#"panics=["init fails", "init fails"] dropped=2"#],
+    );
+}
+
+/// A value whose `Clone` drops the guard that set it (so the read holds the
+/// last count of the original) and whose original panics when dropped.
+#[derive(Debug)]
+struct Rewriting {
+    id: u32,
+    ledger: Arc<Ledger>,
+}
+
+thread_local! {
+    static GUARD: std::cell::RefCell<Option<context_local::Entered<Rewritten>>> = const { std::cell::RefCell::new(None) };
+}
+
+impl Clone for Rewriting {
+    fn clone(&self) -> Rewriting {
+        drop(GUARD.with(|guard| guard.borrow_mut().take()));
+        Rewriting { id: self.id + 10, ledger: self.ledger.clone() }
+    }
+}
+
+impl Drop for Rewriting {
+    fn drop(&mut self) {
+        self.ledger.dropped.fetch_add(1, Ordering::SeqCst);
+        if self.id == 1 {
+            panic!("the original explodes in drop");
+        }
+    }
+}
+
+#[derive(ContextLocal)]
+struct Rewritten {
+    v: Rewriting,
+}
+
+// The read's copy is made, then the read lets go of the original, whose drop
+// panics: the copy, which the caller never receives, is dropped too (not
+// leaked), and the original's panic reaches the caller.
+#[test]
+fn a_read_whose_release_panics_drops_the_copy_it_made() {
+    let ledger = Arc::new(Ledger::default());
+    Context::new().run(|| {
+        Rewritten::v().set(Rewriting { id: 2, ledger: ledger.clone() });
+        let guard = Rewritten { v: Rewriting { id: 1, ledger: ledger.clone() } }.enter();
+        GUARD.with(|slot| *slot.borrow_mut() = Some(guard));
+        let read = catch_unwind(|| Rewritten::v().get());
+        let panic = read.err().map(|payload| message(&*payload));
+        assert_eq!(panic.as_deref(), Some("the original explodes in drop"));
+        // The original (1) and the copy (11); the restored value (2) is set.
+        assert_eq!(ledger.dropped(), 2);
+        assert_eq!(Rewritten::v().with(|v| v.id), Some(2));
+    });
+    assert_eq!(ledger.dropped(), 3);
 }
