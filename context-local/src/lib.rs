@@ -185,6 +185,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 // Bottom-up: each module uses only modules listed above it.
+mod baggage_codec;
 mod context;
 mod context_local;
 mod descriptor;
@@ -212,6 +213,9 @@ mod private;
 #[cfg(test)]
 mod tests;
 
+#[cfg(feature = "baggage")]
+#[cfg_attr(docsrs, doc(cfg(feature = "baggage")))]
+pub mod baggage;
 #[cfg(feature = "log")]
 #[cfg_attr(docsrs, doc(cfg(feature = "log")))]
 pub mod log;
