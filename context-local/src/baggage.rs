@@ -105,6 +105,18 @@ pub(crate) fn header_with(own: &[Member]) -> Option<String> {
     out.finish()
 }
 
+/// `to_header`, followed by `extra` members whose keys were not written
+/// (an OpenTelemetry context's own `Baggage`).
+#[cfg(feature = "opentelemetry")]
+pub(crate) fn header_then(extra: &[Member]) -> Option<String> {
+    let mut out = outgoing::Outgoing::new();
+    fields::offer(&mut out);
+    for member in extra {
+        out.offer_member(member);
+    }
+    out.finish()
+}
+
 /// A new context holding what the given `baggage` header values carry: the
 /// baggage fields they set, and every other valid member, kept so that
 /// [`to_header`] inside the context forwards it.
