@@ -62,6 +62,7 @@ impl Member {
 
     /// A member for `key` (a token) and `value`, with `properties` (already
     /// valid property syntax, without the leading `;`) if not empty.
+    #[cfg(feature = "opentelemetry")]
     pub(crate) fn build(key: &str, value: &str, properties: &str) -> Option<Member> {
         let mut text = String::with_capacity(key.len() + value.len() + properties.len() + 2);
         text.push_str(key);
@@ -89,6 +90,7 @@ impl Member {
     }
 
     /// The properties as received, without the first `;`, trimmed.
+    #[cfg(feature = "opentelemetry")]
     pub(crate) fn properties(&self) -> &str {
         self.raw[self.props_start..].strip_prefix(';').map_or("", trim_ows)
     }
