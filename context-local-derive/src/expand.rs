@@ -107,8 +107,8 @@ fn field_static(input: &Input, field: &Field, name: &syn::Ident) -> TokenStream 
     // The codec's bounds (`Display + FromStr`, the `baggage` feature) are
     // checked at the field's type.
     let baggage = field.baggage_key().map(|key| {
-        let codec = respan(quote!(#krate::__private::BaggageCodec::<#ty>::new), field.ty.span());
-        quote!(.baggage(#codec(#key)))
+        let codec = respan(quote!(#krate::__private::BaggageCodec::<#ty>::new(#key)), field.ty.span());
+        quote!(.baggage(#codec))
     });
     // The whole call is spanned at the field's type: the constructor's bounds
     // (`Send`, `Clone + Send + Sync`) fail there, on the user's field.

@@ -59,7 +59,8 @@ impl Headers {
 }
 
 /// Values the SDK encodes and decodes correctly: no `%`, no `\`, no `=`.
-const SDK_SAFE: &[&str] = &["plain", "with space", "comma,separated", "semi;colon", "café 東京", "emoji 😀🚀", "\"quoted\""];
+const SDK_SAFE: &[&str] =
+    &["plain", "with space", "comma,separated", "semi;colon", "café 東京", "emoji 😀🚀", "\"quoted\""];
 
 fn sdk_value(cx: &opentelemetry::Context, key: &str) -> Option<String> {
     cx.baggage().get(key).map(|value| value.as_str().to_owned())
@@ -68,8 +69,11 @@ fn sdk_value(cx: &opentelemetry::Context, key: &str) -> Option<String> {
 #[test]
 fn headers_the_sdk_writes_are_read_by_context_local() {
     for value in SDK_SAFE {
-        let otel = opentelemetry::Context::new()
-            .with_baggage([KeyValue::new("tenant", *value), KeyValue::new("user.id", "7"), KeyValue::new("x", "y")]);
+        let otel = opentelemetry::Context::new().with_baggage([
+            KeyValue::new("tenant", *value),
+            KeyValue::new("user.id", "7"),
+            KeyValue::new("x", "y"),
+        ]);
         let mut carrier = Headers::default();
         SdkBaggagePropagator::new().inject_context(&otel, &mut carrier);
 

@@ -203,9 +203,7 @@ async fn concurrent_requests_keep_their_own_baggage() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_baggage_means_no_header() {
     let (a, b) = start_both().await;
-    let seen = get_json(propagating_client(), format!("http://{}/", b.addr), &[])
-        .in_new_context()
-        .await;
+    let seen = get_json(propagating_client(), format!("http://{}/", b.addr), &[]).in_new_context().await;
     assert_eq!(seen["headers"], json!([]));
     assert_eq!(seen["tenant"], Value::Null);
     a.stop().await;

@@ -129,7 +129,10 @@ fn empty_value_is_the_empty_string() {
 #[test]
 fn properties_are_forwarded_unchanged() {
     let header = "k1=v1;property1;property2, k2 = v2 ;  pk = pv ;flag, k3=v%2C3;p=%25";
-    assert_eq!(forwarded(&[header]).as_deref(), Some("k1=v1;property1;property2,k2 = v2 ;  pk = pv ;flag,k3=v%2C3;p=%25"));
+    assert_eq!(
+        forwarded(&[header]).as_deref(),
+        Some("k1=v1;property1;property2,k2 = v2 ;  pk = pv ;flag,k3=v%2C3;p=%25")
+    );
 }
 
 // § property: a field's member may carry properties; the field still gets
