@@ -87,3 +87,8 @@ fn per_session_context() {
 fn get_or_create() {
     check("get_or_create", "3 connections made: one per thread");
 }
+
+#[test]
+fn two_services() {
+    check("two_services", "two services: the fields and the unknown member reached B exactly");
+}
