@@ -21,7 +21,7 @@ use tower::{Layer, ServiceExt};
 
 #[derive(ContextLocal)]
 struct RequestContext {
-    #[context_local(baggage)]
+    #[context_local(baggage)] // member key "tenant"
     tenant: String,
     #[context_local(baggage = "user.id")]
     user: u64,
@@ -29,15 +29,21 @@ struct RequestContext {
 
 type HttpClient = PropagateService<Client<HttpConnector, Empty<Bytes>>>;
 
+/// Any tower HTTP client, wrapped: each request carries the current context.
 fn client() -> HttpClient {
     PropagateLayer::new().layer(Client::builder(TokioExecutor::new()).build_http())
 }
 
-async fn get_text(client: HttpClient, url: String) -> String {
-    let request = axum::http::Request::get(url).body(Empty::new()).expect("request");
-    let response = client.oneshot(request).await.expect("response");
-    let body = response.into_body().collect().await.expect("body").to_bytes();
-    String::from_utf8(body.to_vec()).expect("UTF-8")
+/// Service A: each request's `baggage` fills its context; A calls B with it.
+fn service_a(b: SocketAddr) -> Router {
+    Router::new().route("/", get(call_b)).with_state((client(), b)).layer(ContextLayer::new().baggage())
+}
+
+async fn call_b(State((client, b)): State<(HttpClient, SocketAddr)>) -> String {
+    RequestContext::user().update(|user| *user += 1); // goes on to B as 42
+    let request = axum::http::Request::get(format!("http://{b}/")).body(Empty::new()).unwrap();
+    let response = client.oneshot(request).await.unwrap(); // baggage: tenant=..,user.id=42,..
+    String::from_utf8(response.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
 }
 
 /// B: reports the fields and what it would forward.
@@ -49,12 +55,6 @@ async fn service_b(headers: axum::http::HeaderMap) -> String {
         RequestContext::user().get(),
         baggage::to_header().unwrap_or_default(),
     )
-}
-
-/// A: changes nothing but the user, then calls B.
-async fn service_a(State((client, b)): State<(HttpClient, SocketAddr)>) -> String {
-    RequestContext::user().update(|user| *user += 1);
-    get_text(client, format!("http://{b}/")).await
 }
 
 async fn serve(router: Router) -> (SocketAddr, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
@@ -72,8 +72,7 @@ async fn main() {
     // Across services: B reads the fields, A reads them and calls B.
     let (b, stop_b, b_task) =
         serve(Router::new().route("/", get(service_b)).layer(ContextLayer::new().baggage())).await;
-    let a_router = Router::new().route("/", get(service_a)).with_state((client(), b));
-    let (a, stop_a, a_task) = serve(a_router.layer(ContextLayer::new().baggage())).await;
+    let (a, stop_a, a_task) = serve(service_a(b)).await;
 
     // The caller: its own context, sent along by PropagateLayer, plus a
     // member of another vendor's that nobody here knows.
