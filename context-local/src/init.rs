@@ -68,7 +68,7 @@ pub(crate) fn store_batch(desc: &'static StructDesc, batch: Batch) {
     let mut items = Some(batch.into_items());
     let displaced = state::write(desc.name, desc.space(), |state| {
         let pending = items.as_ref().into_iter().flatten();
-        pending.map(|(loc, _)| state.check_free(*loc, desc.name)).collect::<Result<(), _>>()?;
+        pending.into_iter().try_for_each(|(loc, _)| state.check_free(*loc, desc.name))?;
         let items = items.take().unwrap_or_default();
         Ok(state.apply(items.into_iter().map(|(loc, v)| (loc, Some(v)))))
     });

@@ -1,7 +1,7 @@
 //! OpenTelemetry's propagators, spec-exact (feature `opentelemetry`).
 //!
 //! [`BaggagePropagator`] implements
-//! [`TextMapPropagator`](opentelemetry::propagation::TextMapPropagator) for
+//! [`TextMapPropagator`] for
 //! the `baggage` field. It composes with `TraceContextPropagator` in a
 //! `TextMapCompositePropagator`, and can be the global propagator, so one
 //! propagator carries both traces and context-local fields. [`from_otel`]
