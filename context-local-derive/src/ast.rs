@@ -4,7 +4,7 @@
 use proc_macro2::{Span, TokenStream};
 use quote::{quote, ToTokens};
 use syn::ext::IdentExt;
-use syn::{Data, DeriveInput, Fields, GenericParam, Ident, Type};
+use syn::{Data, DeriveInput, Fields, GenericParam, Ident, LitStr, Type};
 
 use crate::attr::{self, Errors, FieldAttrs, Scope, StructAttrs};
 
@@ -152,6 +152,13 @@ impl<'a> Field<'a> {
     /// The field's name as written, without `r#`.
     pub fn ident_name(&self) -> String {
         self.ident.unraw().to_string()
+    }
+
+    /// The W3C Baggage member key of a `baggage` field: the one given, else
+    /// the accessor's name.
+    pub fn baggage_key(&self) -> Option<String> {
+        let baggage = self.attrs.baggage.as_ref()?;
+        Some(baggage.key.as_ref().map_or_else(|| self.accessor_name(), LitStr::value))
     }
 
     /// Where an error about the accessor's name should point.

@@ -7,7 +7,7 @@ use syn::spanned::Spanned;
 use syn::{Attribute, Expr, Ident, LitBool, LitStr, Path};
 
 const STRUCT_KEYS: &str = "scope, init, inherit, crate";
-const FIELD_KEYS: &str = "default, no_inherit, rename, log";
+const FIELD_KEYS: &str = "default, no_inherit, rename, log, baggage";
 
 /// Errors gathered so that all mistakes are reported at once.
 #[derive(Default)]
@@ -72,6 +72,16 @@ pub struct FieldAttrs {
     pub rename: Option<Rename>,
     /// `log` (Display) or `log = "debug"`, with the key's span.
     pub log: Option<(LogFormat, Span)>,
+    /// `baggage` or `baggage = "key"`.
+    pub baggage: Option<Baggage>,
+}
+
+/// A field that travels as a W3C Baggage member.
+pub struct Baggage {
+    /// The `baggage` keyword, for errors about the field as a whole.
+    pub path: Path,
+    /// `baggage = "key"`: the key as written; `None` means the accessor's name.
+    pub key: Option<LitStr>,
 }
 
 pub fn struct_attrs(attrs: &[Attribute], errors: &mut Errors) -> StructAttrs {
@@ -116,7 +126,7 @@ pub fn struct_attrs(attrs: &[Attribute], errors: &mut Errors) -> StructAttrs {
                     let path = if value.peek(LitStr) { value.parse::<LitStr>()?.parse()? } else { value.parse()? };
                     set_once(&mut out.krate, path, &meta, errors);
                 }
-                "default" | "no_inherit" | "rename" | "log" => {
+                "default" | "no_inherit" | "rename" | "log" | "baggage" => {
                     errors.push(
                         meta.error(format!("`{key}` is a field attribute; put it on a field, not on the struct")),
                     );
@@ -185,6 +195,11 @@ pub fn field_attrs(attrs: &[Attribute], errors: &mut Errors) -> FieldAttrs {
                             "`log` takes no value (Display) or `log = \"debug\"` (Debug), e.g. `#[context_local(log = \"debug\")]`",
                         )),
                     }
+                }
+                // #[context_local(baggage)] or #[context_local(baggage = "member.key")]
+                "baggage" => {
+                    let key = if meta.input.peek(syn::Token![=]) { Some(meta.value()?.parse::<LitStr>()?) } else { None };
+                    set_once(&mut out.baggage, Baggage { path: meta.path.clone(), key }, &meta, errors);
                 }
                 "scope" | "init" | "inherit" | "crate" => {
                     errors.push(

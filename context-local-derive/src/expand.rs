@@ -29,6 +29,7 @@ fn emit(input: &Input) -> TokenStream {
     let (init_fn, init_ref) = init(input);
     let members: Vec<_> = input.fields.iter().map(|field| field.ident).collect();
     let no_drop = no_drop(input);
+    let with_baggage = input.fields.iter().any(|field| field.attrs.baggage.is_some()).then(|| quote!(.with_baggage()));
 
     quote! {
         #[allow(non_upper_case_globals, clippy::all, clippy::pedantic)]
@@ -38,7 +39,7 @@ fn emit(input: &Input) -> TokenStream {
                 #krate::__private::Space::#struct_space,
                 #init_ref,
                 &[#(&#statics),*],
-            );
+            )#with_baggage;
             #(#field_statics)*
             #init_fn
             #no_drop
@@ -103,6 +104,12 @@ fn field_static(input: &Input, field: &Field, name: &syn::Ident) -> TokenStream 
         };
         quote!(.logged(#key, #format))
     });
+    // The codec's bounds (`Display + FromStr`, the `baggage` feature) are
+    // checked at the field's type.
+    let baggage = field.baggage_key().map(|key| {
+        let codec = respan(quote!(#krate::__private::BaggageCodec::<#ty>::new(#key)), field.ty.span());
+        quote!(.baggage(#codec))
+    });
     // The whole call is spanned at the field's type: the constructor's bounds
     // (`Send`, `Clone + Send + Sync`) fail there, on the user's field.
     let call =
@@ -111,7 +118,7 @@ fn field_static(input: &Input, field: &Field, name: &syn::Ident) -> TokenStream 
         static #name: #krate::__private::FieldDesc<#ty> = {
             const __CONTEXT_LOCAL_DEFAULT: ::core::option::Option<fn() -> #ty> = #default;
             #call
-        }#logged;
+        }#logged #baggage;
     }
 }
 

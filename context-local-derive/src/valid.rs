@@ -3,6 +3,8 @@
 use std::collections::HashMap;
 
 use crate::ast::Input;
+use syn::LitStr;
+
 use crate::attr::{Errors, Scope};
 
 pub fn check(input: &Input) -> syn::Result<()> {
@@ -15,6 +17,7 @@ pub fn check(input: &Input) -> syn::Result<()> {
     }
     check_inherit(input, &mut errors);
     check_accessor_names(input, &mut errors);
+    check_baggage(input, &mut errors);
     errors.finish()
 }
 
@@ -60,4 +63,47 @@ fn check_accessor_names(input: &Input, errors: &mut Errors) {
             ));
         }
     }
+}
+
+fn check_baggage(input: &Input, errors: &mut Errors) {
+    let mut keys = HashMap::new();
+    for field in &input.fields {
+        let (Some(baggage), Some(key)) = (&field.attrs.baggage, field.baggage_key()) else { continue };
+        if input.attrs.scope() == Scope::Thread {
+            errors.push(syn::Error::new_spanned(
+                &baggage.path,
+                "`baggage` fields must be task-scoped: a baggage member belongs to a request, \
+                 and thread-scoped values stay with the OS thread; remove `scope = \"thread\"` \
+                 or move the field to a task-scoped struct",
+            ));
+            continue;
+        }
+        if !is_token(&key) {
+            let message = format!(
+                "`{key}` is not a valid baggage key: keys are RFC 7230 tokens (letters, digits and \
+                 !#$%&'*+-.^_`|~, no spaces, no `=,;\"/:@`); write e.g. `baggage = \"user.id\"`"
+            );
+            match &baggage.key {
+                Some(literal) => errors.push(syn::Error::new_spanned(literal, message)),
+                None => errors.push(syn::Error::new(field.accessor_span(), format!("{message}, or rename the field"))),
+            }
+            continue;
+        }
+        if let Some(first) = keys.insert(key.clone(), field.ident_name()) {
+            let span = baggage.key.as_ref().map_or_else(|| field.accessor_span(), LitStr::span);
+            errors.push(syn::Error::new(
+                span,
+                format!(
+                    "two baggage fields with the key `{key}` (fields `{first}` and `{}`); give one \
+                     of them another key with `#[context_local(baggage = \"...\")]`",
+                    field.ident_name()
+                ),
+            ));
+        }
+    }
+}
+
+/// An RFC 7230 `token`: one or more of ALPHA, DIGIT and ``!#$%&'*+-.^_`|~``.
+fn is_token(key: &str) -> bool {
+    !key.is_empty() && key.bytes().all(|byte| byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte))
 }

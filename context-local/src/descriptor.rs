@@ -7,6 +7,7 @@ use std::fmt;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use crate::baggage_codec::BaggageCodec;
 use crate::slot::{Loc, SlotCell, Space};
 use crate::value::{init_marker, Stored};
 
@@ -16,6 +17,10 @@ pub struct StructDesc {
     pub(crate) init: Option<fn(&mut Batch)>,
     pub(crate) init_slot: SlotCell,
     pub(crate) fields: &'static [&'static dyn ErasedField],
+    /// Whether some field is `#[context_local(baggage)]`: then received
+    /// members are bound on the first access, as `init` runs, and the struct
+    /// has an "initialised" marker even without `init`.
+    pub(crate) baggage: bool,
 }
 
 impl StructDesc {
@@ -28,17 +33,22 @@ impl StructDesc {
         init: Option<fn(&mut Batch)>,
         fields: &'static [&'static dyn ErasedField],
     ) -> StructDesc {
-        StructDesc { name, init, init_slot: SlotCell::new(space), fields }
+        StructDesc { name, init, init_slot: SlotCell::new(space), fields, baggage: false }
+    }
+
+    /// Marks a struct that has `#[context_local(baggage)]` fields.
+    pub const fn with_baggage(self) -> StructDesc {
+        StructDesc { baggage: true, ..self }
     }
 
     pub(crate) fn space(&self) -> Space {
         self.init_slot.space()
     }
 
-    /// The marker slot, for structs that have an `init`.
+    /// The marker slot, for structs that have an `init` or baggage fields.
     #[inline]
     pub(crate) fn init_loc(&self) -> Option<Loc> {
-        self.init.map(|_| self.init_slot.loc())
+        (self.init.is_some() || self.baggage).then(|| self.init_slot.loc())
     }
 
     /// The marker to store once `init` has run.
@@ -71,6 +81,9 @@ pub struct FieldDesc<T: 'static> {
     /// For `#[context_local(log)]` fields: the key in log lines and how the
     /// value is formatted.
     pub(crate) log: Option<(&'static str, FormatFn<T>)>,
+    /// For `#[context_local(baggage)]` fields: the member key and how the
+    /// value is written and parsed.
+    pub(crate) baggage: Option<BaggageCodec<T>>,
 }
 
 impl<T: 'static> FieldDesc<T> {
@@ -102,12 +115,17 @@ impl<T: 'static> FieldDesc<T> {
         default: Option<fn() -> T>,
         wrap: fn(T) -> Stored,
     ) -> FieldDesc<T> {
-        FieldDesc { name, owner, slot: SlotCell::new(space), default, wrap, log: None }
+        FieldDesc { name, owner, slot: SlotCell::new(space), default, wrap, log: None, baggage: None }
     }
 
     /// Marks the field for log lines: `key=value`, formatted by `format`.
     pub const fn logged(self, key: &'static str, format: FormatFn<T>) -> Self {
         FieldDesc { log: Some((key, format)), ..self }
+    }
+
+    /// Marks the field as a W3C Baggage member (`#[context_local(baggage)]`).
+    pub const fn baggage(self, codec: BaggageCodec<T>) -> Self {
+        FieldDesc { baggage: Some(codec), ..self }
     }
 
     /// `value` in the form this field's space stores.
@@ -123,6 +141,10 @@ impl<T: 'static> FieldDesc<T> {
         self.slot.loc_or_first(|| {
             if self.log.is_some() {
                 crate::logged::register(self);
+            }
+            #[cfg(feature = "baggage")]
+            if self.owner.baggage {
+                crate::baggage::register(self.owner);
             }
         })
     }
@@ -151,6 +173,21 @@ pub trait ErasedField: Sync + sealed::Sealed {
     fn loc(&'static self) -> Loc;
     #[doc(hidden)]
     fn fill_default(&'static self) -> Result<(), crate::AccessError>;
+    /// For a baggage field: its member key.
+    #[doc(hidden)]
+    fn baggage_key(&'static self) -> Option<&'static str>;
+    /// For a baggage field: `value` parsed into a value for this field,
+    /// added to `batch`; `false` if it does not parse (or this is not a
+    /// baggage field).
+    #[doc(hidden)]
+    fn bind_baggage(&'static self, value: &str, batch: &mut Batch) -> bool;
+    /// For a baggage field: whether `value` parses as this field's type.
+    #[doc(hidden)]
+    fn parses_baggage(&'static self, value: &str) -> bool;
+    /// For a baggage field with a value here: the value's `Display` text.
+    /// `init` and `default` are not run.
+    #[doc(hidden)]
+    fn render_baggage(&'static self) -> Option<String>;
 }
 
 impl<T: 'static> sealed::Sealed for FieldDesc<T> {}

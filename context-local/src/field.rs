@@ -982,6 +982,29 @@ impl<T: 'static> ErasedField for FieldDesc<T> {
     fn fill_default(&'static self) -> Result<(), AccessError> {
         Field::__new(self).fill_default()
     }
+
+    fn baggage_key(&'static self) -> Option<&'static str> {
+        self.baggage.map(|codec| codec.key)
+    }
+
+    fn bind_baggage(&'static self, value: &str, batch: &mut crate::descriptor::Batch) -> bool {
+        match self.baggage.and_then(|codec| (codec.parse)(value)) {
+            Some(parsed) => {
+                batch.put(self, parsed);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn parses_baggage(&'static self, value: &str) -> bool {
+        self.baggage.and_then(|codec| (codec.parse)(value)).is_some()
+    }
+
+    fn render_baggage(&'static self) -> Option<String> {
+        let codec = self.baggage?;
+        Field::__new(self).with_stored(|value| Formatted(value, codec.render).to_string()).ok()?
+    }
 }
 
 impl<T: 'static> crate::logged::LoggedField for FieldDesc<T> {

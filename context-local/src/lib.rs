@@ -43,6 +43,7 @@
 //! | `no_inherit` | field | child contexts start without it (for connections and other `!Clone` values) |
 //! | `rename = "name"` | field | the accessor's name |
 //! | `log` / `log = "display"` / `log = "debug"` | field | the field goes on every log line while it has a value, as `key=value` (the key is the accessor's name), formatted with `Display` or `Debug`: see [`log_fields`] and the `tracing` and `log` features |
+//! | `baggage` / `baggage = "key"` | field | the field crosses services as a W3C Baggage member (the key is the accessor's name unless given; an RFC 7230 token); task scope, a `Display + FromStr` type, feature `baggage` |
 //!
 //! Task-scoped field types must be `Send + 'static`, and inherited ones also
 //! `Clone + Send + Sync` (wrap others in `Arc`, or mark them `no_inherit`).
@@ -177,6 +178,12 @@
 //! - `log` (off): `log::ContextLogger`, the same fields as `log` key-values.
 //! - `rayon` (off): `rayon::{spawn, join, scope, install}` and a
 //!   parallel-iterator adaptor running jobs in the submitter's context.
+//! - `baggage` (off): `#[context_local(baggage)]` fields cross process
+//!   boundaries as W3C Baggage members: `baggage::{to_header, extract}`, and
+//!   with `tower`, `tower::ContextLayer::baggage` and `tower::PropagateLayer`.
+//! - `opentelemetry` (off, implies `baggage`):
+//!   `opentelemetry::BaggagePropagator`, a `TextMapPropagator` for
+//!   OpenTelemetry 0.33 that carries the fields, and `opentelemetry::from_otel`.
 //!
 //! [`log_fields`] (always available) returns the `log` fields with a value
 //! here, for any other output.
@@ -185,6 +192,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 // Bottom-up: each module uses only modules listed above it.
+mod baggage_codec;
 mod context;
 mod context_local;
 mod descriptor;
@@ -212,9 +220,15 @@ mod private;
 #[cfg(test)]
 mod tests;
 
+#[cfg(feature = "baggage")]
+#[cfg_attr(docsrs, doc(cfg(feature = "baggage")))]
+pub mod baggage;
 #[cfg(feature = "log")]
 #[cfg_attr(docsrs, doc(cfg(feature = "log")))]
 pub mod log;
+#[cfg(feature = "opentelemetry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "opentelemetry")))]
+pub mod opentelemetry;
 #[cfg(feature = "rayon")]
 #[cfg_attr(docsrs, doc(cfg(feature = "rayon")))]
 pub mod rayon;

@@ -53,6 +53,12 @@ use crate::field::Field;
 use crate::switch::{drop_inside, Installed};
 use crate::{Context, InContext};
 
+#[cfg(feature = "baggage")]
+mod propagate;
+#[cfg(feature = "baggage")]
+#[cfg_attr(docsrs, doc(cfg(feature = "baggage")))]
+pub use self::propagate::{PropagateLayer, PropagateService};
+
 /// A hook that does nothing: the default for [`ContextLayer::on_request`].
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NoHook;
@@ -216,6 +222,66 @@ impl<H> ContextLayer<H> {
     /// ```
     pub fn request_id_from(self, name: HeaderName, field: Field<String>) -> ContextLayer<Both<H, RequestIdInto>> {
         self.on_request(RequestIdInto { header: name, field })
+    }
+}
+
+/// Reads a request's `baggage` headers into its context (the hook
+/// [`ContextLayer::baggage`] adds).
+#[cfg(feature = "baggage")]
+#[cfg_attr(docsrs, doc(cfg(feature = "baggage")))]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BaggageFromHeaders {
+    _private: (),
+}
+
+#[cfg(feature = "baggage")]
+impl<B> OnRequest<B> for BaggageFromHeaders {
+    fn on_request(&self, request: &Request<B>) {
+        crate::baggage::receive(propagate::received_from(request.headers()));
+    }
+}
+
+#[cfg(feature = "baggage")]
+#[cfg_attr(docsrs, doc(cfg(feature = "baggage")))]
+impl<H> ContextLayer<H> {
+    /// Reads every `baggage` header of each request (W3C Baggage) into the
+    /// request's context before the inner service runs: the
+    /// `#[context_local(baggage)]` fields get their members' values, and the
+    /// other members are kept so that outgoing calls made while handling the
+    /// request forward them ([`PropagateLayer`],
+    /// [`baggage::to_header`](crate::baggage::to_header)). A member whose value
+    /// does not parse leaves its field unset and is forwarded as received.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use context_local::tower::ContextLayer;
+    /// use context_local::ContextLocal;
+    /// use tower::{service_fn, Layer, ServiceExt};
+    ///
+    /// #[derive(ContextLocal)]
+    /// struct RequestContext {
+    ///     #[context_local(baggage = "user.id")]
+    ///     user: u64,
+    /// }
+    ///
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let service = ContextLayer::new().baggage().layer(service_fn(|_: http::Request<()>| async {
+    ///     let seen = (RequestContext::user().get(), context_local::baggage::to_header());
+    ///     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::from(format!("{seen:?}")))))
+    /// }));
+    /// let request = http::Request::builder()
+    ///     .header("baggage", "user.id=7")
+    ///     .header("baggage", "region=eu;ttl=3")
+    ///     .body(())
+    ///     .unwrap();
+    /// # use http_body_util::BodyExt;
+    /// let body = service.oneshot(request).await.unwrap().into_body().collect().await.unwrap().to_bytes();
+    /// assert_eq!(body, r#"(Some(7), Some("user.id=7,region=eu;ttl=3"))"#);
+    /// # });
+    /// ```
+    pub fn baggage(self) -> ContextLayer<Both<H, BaggageFromHeaders>> {
+        self.on_request(BaggageFromHeaders { _private: () })
     }
 }
 

@@ -23,6 +23,9 @@ pub mod model {
         /// Renamed accessor.
         #[context_local(rename = "user_id")]
         pub user: Option<u64>,
+        /// Travels as W3C Baggage; `init` sets it first.
+        #[context_local(baggage = "tenant.id")]
+        pub tenant: String,
         secret: u32,
     }
 
@@ -42,6 +45,8 @@ mod reexport {
 #[context_local(crate = reexport::runtime)]
 struct ThroughReexport {
     value: u8,
+    #[context_local(baggage)]
+    r#region: String,
 }
 
 #[test]
@@ -69,5 +74,15 @@ fn accessors_are_const() {
     Context::new().run(|| {
         ID.set(9);
         assert_eq!(model::Request::id().get(), Some(9));
+    });
+}
+
+#[test]
+fn baggage_members_bind_over_init_and_through_a_reexport() {
+    let mut context = context_local::baggage::extract(["tenant.id=t-1, region=eu"]);
+    context.run(|| {
+        assert_eq!(model::Request::id().get(), Some(0), "`init` ran");
+        assert_eq!(model::Request::tenant().get().as_deref(), Some("t-1"), "the member wins over `init`");
+        assert_eq!(ThroughReexport::region().get().as_deref(), Some("eu"), "key without `r#`");
     });
 }

@@ -87,3 +87,26 @@ fn per_session_context() {
 fn get_or_create() {
     check("get_or_create", "3 connections made: one per thread");
 }
+
+#[test]
+fn two_services() {
+    check("two_services", "two services: the fields and the unknown member reached B exactly");
+}
+
+/// The README's "Across services" snippets are compiled code, word for word:
+/// each is a region of the example or of the test that runs it.
+#[test]
+fn the_readme_across_services_snippets_are_compiled() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
+    let section = readme.split("## Across services\n").nth(1).expect("an Across services section");
+    let section = &section[..section.find("\n## ").unwrap_or(section.len())];
+    let sources = ["examples/examples/two_services.rs", "tests/tests/baggage_readme.rs"]
+        .map(|path| std::fs::read_to_string(root.join(path)).expect(path));
+    let blocks: Vec<&str> =
+        section.split("```rust\n").skip(1).map(|rest| &rest[..rest.find("```").expect("end")]).collect();
+    assert_eq!(blocks.len(), 2, "an axum snippet and a message-queue snippet");
+    for block in blocks {
+        assert!(sources.iter().any(|source| source.contains(block)), "not in a compiled file:\n{block}");
+    }
+}

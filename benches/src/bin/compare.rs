@@ -1,5 +1,5 @@
 //! Prints every ratio the README's *Performance* section targets, from the estimates criterion saved in
-//! the last `cargo bench -p benches` run: one line each, `name: ratio (target)`.
+//! the last `cargo bench -p benches` run (every bench target: `peers`, `memory`, `baggage`): one line each, `name: ratio (target)`.
 //!
 //! Run: `cargo run -p benches --release --bin compare`.
 
@@ -15,7 +15,7 @@ enum Ratio {
     Memory(&'static str, &'static str),
 }
 
-const RATIOS: [(&str, Ratio, f64); 11] = [
+const RATIOS: [(&str, Ratio, f64); 15] = [
     (
         "task-scope u64 get / thread_local! Cell get",
         Ratio::Plain(("get_u64", "context_local_task"), ("get_u64", "thread_local_cell")),
@@ -63,6 +63,26 @@ const RATIOS: [(&str, Ratio, f64); 11] = [
         1.2,
     ),
     ("bytes per pending task / with task_local", Ratio::Memory("context_local", "task_local"), 1.25),
+    (
+        "baggage::to_header, 4 members / OTel SDK BaggagePropagator inject",
+        Ratio::Plain(("baggage_inject", "context_local_4"), ("baggage_inject", "otel_sdk_4")),
+        1.0,
+    ),
+    (
+        "baggage::to_header, 64 members / OTel SDK BaggagePropagator inject",
+        Ratio::Plain(("baggage_inject", "context_local_64"), ("baggage_inject", "otel_sdk_64")),
+        1.0,
+    ),
+    (
+        "baggage::extract, 4 members / OTel SDK BaggagePropagator extract",
+        Ratio::Plain(("baggage_extract", "context_local_4"), ("baggage_extract", "otel_sdk_4")),
+        1.0,
+    ),
+    (
+        "baggage::extract, 64 members / OTel SDK BaggagePropagator extract",
+        Ratio::Plain(("baggage_extract", "context_local_64"), ("baggage_extract", "otel_sdk_64")),
+        1.0,
+    ),
 ];
 
 fn median((group, bench): (&str, &str)) -> Result<f64, String> {
