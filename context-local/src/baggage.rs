@@ -27,7 +27,8 @@
 //! U+FFFD. A member whose value does not parse (`FromStr`) leaves its field
 //! unset and is forwarded like a member no field claims. Received members are
 //! bound to a struct's fields on the struct's first access in the context,
-//! when its `init` runs (reads and writes; `is_set` runs neither).
+//! when its `init` runs; `is_set` runs neither, but already says `true` for a
+//! field a received member will set.
 //!
 //! # Examples
 //!
@@ -61,7 +62,7 @@
 //! ```
 
 mod fields;
-pub(crate) use self::fields::{bind_received, register};
+pub(crate) use self::fields::{bind_received, register, would_bind};
 mod outgoing;
 mod wire;
 

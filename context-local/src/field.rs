@@ -555,14 +555,26 @@ impl<T: 'static> Field<T> {
     /// ```
     pub fn try_is_set(&self) -> Result<bool, AccessError> {
         let loc = self.loc();
-        state::read(self.desc.name, loc.space, |state| {
+        let (stored, first_access) = state::read(self.desc.name, loc.space, |state| {
             state.check_readable(loc, self.desc.name)?;
             // Inside the struct's own `init` any access to it is `Reentrant`.
-            if let Some(init) = self.desc.owner.init_loc() {
-                state.check_free(init, self.desc.name)?;
-            }
-            Ok(state.contains(loc))
-        })
+            let first_access = match self.desc.owner.init_loc() {
+                Some(init) => {
+                    state.check_free(init, self.desc.name)?;
+                    !state.contains(init)
+                }
+                None => false,
+            };
+            Ok((state.contains(loc), first_access))
+        })?;
+        // A received baggage member is the field's value from the struct's
+        // first access on: `is_set` says so before that access too.
+        #[cfg(feature = "baggage")]
+        if !stored && first_access {
+            return Ok(crate::baggage::would_bind(self.desc));
+        }
+        let _ = first_access;
+        Ok(stored)
     }
 
     /// Applies the field's `default` if it is unset (for whole-struct reads).

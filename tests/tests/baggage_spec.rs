@@ -249,3 +249,28 @@ fn fields_round_trip_through_a_header() {
         (Some("a%b\\c,d;e=f g é 😀".into()), Some(u64::MAX))
     );
 }
+
+#[derive(ContextLocal)]
+struct Untouched {
+    #[context_local(baggage = "region")]
+    region: String,
+    #[context_local(baggage = "shard")]
+    shard: u32,
+}
+
+// API: a received member is the field's value; `is_set` runs neither `init`
+// nor the binding, yet agrees with what the first read will return (a
+// member whose value does not parse sets nothing).
+#[test]
+fn is_set_before_the_first_access_agrees_with_the_first_read() {
+    let mut context = baggage::extract(["region=eu,shard=not-a-number"]);
+    context.run(|| {
+        assert!(Untouched::region().is_set());
+        assert!(!Untouched::shard().is_set());
+        assert_eq!(Untouched::region().get().as_deref(), Some("eu"));
+        assert_eq!(Untouched::shard().get(), None);
+        assert!(Untouched::region().is_set());
+        assert!(Untouched::region().delete());
+        assert!(!Untouched::region().is_set());
+    });
+}

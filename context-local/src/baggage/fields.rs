@@ -11,7 +11,7 @@ use std::sync::{Mutex, PoisonError};
 
 use super::outgoing::Outgoing;
 use super::wire::{Member, Received};
-use crate::descriptor::{Batch, FieldDesc, StructDesc};
+use crate::descriptor::{Batch, ErasedField, FieldDesc, StructDesc};
 use crate::field::Field;
 use crate::init::{is_initialised_here, run_init, store_batch};
 use crate::slot::Space;
@@ -63,6 +63,17 @@ pub(crate) fn bind_received(desc: &'static StructDesc, batch: &mut Batch) {
     if let Some(received) = received_here() {
         bind(desc, &received, batch);
     }
+}
+
+/// Whether the struct's first access here would set `field` from a received
+/// member (for `is_set`, which runs neither `init` nor the binding).
+pub(crate) fn would_bind<T: 'static>(field: &'static FieldDesc<T>) -> bool {
+    let Some(key) = field.baggage_key() else {
+        return false;
+    };
+    received_here().is_some_and(|received| {
+        received.members().iter().any(|member| member.key() == key && field.parses_baggage(member.value()))
+    })
 }
 
 fn bind(desc: &'static StructDesc, received: &Received, batch: &mut Batch) {
