@@ -1,7 +1,7 @@
 //! Generated `#[derive(ContextLocal)]` inputs for the derive's fuzz-style
 //! tests: random names (raw keywords and non-ASCII included), field types,
 //! and attributes, valid or broken. Shared by the derive's unit test (never a
-//! panic) and `tests/tests/derive_fuzz.rs` (the valid ones compile and work).
+//! panic) and `tests/compile/tests/derive_fuzz.rs` (the valid ones compile and work).
 //! Deterministic: a seed gives the same definitions everywhere.
 
 #![allow(dead_code)]

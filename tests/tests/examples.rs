@@ -1,16 +1,49 @@
 //! Runs every program in `examples/` (they assert what they print), so none
-//! can rot. Each is built and run by cargo, as a user would run it.
+//! can rot. Each is built by cargo as a user would build it, then run.
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
-/// Runs `cargo run -p examples --example NAME`; returns its standard output.
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Every example of the workspace, built by `cargo build --workspace
+/// --examples` (with the features `cargo test --workspace` resolves, so
+/// after that command this builds nothing): name -> executable.
+fn examples() -> &'static HashMap<String, PathBuf> {
+    static BUILT: OnceLock<HashMap<String, PathBuf>> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let output = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "--workspace", "--examples", "--message-format=json"])
+            .current_dir(workspace())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot start cargo: {e}"));
+        assert!(output.status.success(), "building the examples failed:\n{}", String::from_utf8_lossy(&output.stderr));
+        let messages = String::from_utf8_lossy(&output.stdout).into_owned();
+        messages.lines().filter_map(example_artifact).collect()
+    })
+}
+
+/// The name and executable of a built example, from one line of cargo's JSON.
+fn example_artifact(line: &str) -> Option<(String, PathBuf)> {
+    let message: serde_json::Value = serde_json::from_str(line).ok()?;
+    let target = &message["target"];
+    if !target["kind"].as_array()?.iter().any(|kind| kind == "example") {
+        return None;
+    }
+    Some((target["name"].as_str()?.to_owned(), PathBuf::from(message["executable"].as_str()?)))
+}
+
+/// Runs the example `name`; returns its standard output.
 fn run_example(name: &str) -> String {
-    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let output = Command::new(env!("CARGO"))
-        .args(["run", "--quiet", "-p", "examples", "--example", name])
-        .current_dir(&workspace)
+    let binary = examples().get(name).unwrap_or_else(|| panic!("no example named {name} was built"));
+    let output = Command::new(binary)
+        .current_dir(workspace())
         .output()
-        .unwrap_or_else(|e| panic!("cannot start cargo for {name}: {e}"));
+        .unwrap_or_else(|e| panic!("cannot start example {name}: {e}"));
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
@@ -35,7 +68,7 @@ fn quick_start() {
 /// The README opens with the quick start example, word for word.
 #[test]
 fn the_readme_quick_start_is_the_example() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = workspace();
     let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
     let example = std::fs::read_to_string(root.join("examples/examples/quick_start.rs")).expect("quick_start.rs");
     let start = readme.find("```rust\n").expect("a rust block in the README") + "```rust\n".len();
@@ -97,7 +130,7 @@ fn two_services() {
 /// each is a region of the example or of the test that runs it.
 #[test]
 fn the_readme_across_services_snippets_are_compiled() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = workspace();
     let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
     let section = readme.split("## Across services\n").nth(1).expect("an Across services section");
     let section = &section[..section.find("\n## ").unwrap_or(section.len())];

@@ -1,5 +1,5 @@
 //! Compile-time errors of the derive and of misuse of `Field`, pinned by
-//! `.stderr` files in `tests/ui` (regenerate with `TRYBUILD=overwrite`).
+//! `.stderr` files in `tests/ui` (regenerate with `TRYBUILD=overwrite cargo test -p compile-tests --test ui`).
 
 #[test]
 fn ui() {

@@ -5,7 +5,7 @@
 //! broken half (rejected with a `syn::Error`, never a panic) is the derive's
 //! own unit test, on the same generator.
 
-#[path = "../../context-local-derive/src/fuzz_gen.rs"]
+#[path = "../../../context-local-derive/src/fuzz_gen.rs"]
 mod fuzz_gen;
 
 use std::fmt::Write as _;
