@@ -136,7 +136,9 @@ fn accessor(input: &Input, field: &Field, name: &syn::Ident) -> TokenStream {
     );
     quote! {
         #[doc = #doc]
-        #[allow(dead_code)]
+        // Named after the field: its name is the user's choice (a lint on it
+        // belongs to the field, where the user can allow it).
+        #[allow(dead_code, non_snake_case)]
         #[inline]
         #vis const fn #accessor() -> #krate::Field<#ty> {
             #krate::Field::__new(&#name)

@@ -17,7 +17,9 @@
 //! context (structs in the order the process first used them, fields in
 //! declaration order), then the received members that belong to no field,
 //! byte for byte as they came in (properties included). Each key goes out
-//! once. Values are percent-encoded outside the `baggage-octet` range, and `%`
+//! once: when several received members share a key, a field takes the first
+//! whose value parses (its properties are not kept: the field's value goes
+//! out), and of two structs with the same key the first one used wins. Values are percent-encoded outside the `baggage-octet` range, and `%`
 //! always. At most [`MAX_MEMBERS`] members and [`MAX_BYTES`] bytes go out: the
 //! first member that would exceed either, and every one after it, is dropped
 //! whole.
@@ -74,10 +76,12 @@ use crate::Context;
 /// The current context as a `baggage` header value; `None` when there is
 /// nothing to send.
 ///
-/// Reading a struct's fields here binds received members first, as any first
-/// access does (running its `init`, if any); `default`s are not run. Fields
-/// that cannot be read here (inside their own `update`, in a tokio task
-/// without a context) are left out.
+/// Runs no `init` and no `default`. A struct not used yet in this context
+/// sends the received members it will bind, as its fields will send them;
+/// a struct no code in the process has used yet is not known here, and its
+/// members go out as received, after the fields. Fields that cannot be read
+/// here (inside their own `update`, in a tokio task without a context) are
+/// left out, and so is a value whose `Display` panics.
 ///
 /// # Examples
 ///

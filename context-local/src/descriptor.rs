@@ -188,6 +188,10 @@ pub trait ErasedField: Sync + sealed::Sealed {
     /// `init` and `default` are not run.
     #[doc(hidden)]
     fn render_baggage(&'static self) -> Option<String>;
+    /// For a baggage field: a received `value` as it will go out once bound
+    /// (parsed, then its `Display` text); `None` if it does not parse.
+    #[doc(hidden)]
+    fn reencode_baggage(&'static self, value: &str) -> Option<String>;
 }
 
 impl<T: 'static> sealed::Sealed for FieldDesc<T> {}

@@ -1013,22 +1013,45 @@ impl<T: 'static> ErasedField for FieldDesc<T> {
         self.baggage.and_then(|codec| (codec.parse)(value)).is_some()
     }
 
+    fn reencode_baggage(&'static self, value: &str) -> Option<String> {
+        let codec = self.baggage?;
+        let parsed = (codec.parse)(value)?;
+        let text = Formatted(&parsed, codec.render).text();
+        drop_contained(parsed);
+        text
+    }
+
     fn render_baggage(&'static self) -> Option<String> {
         let codec = self.baggage?;
-        Field::__new(self).with_stored(|value| Formatted(value, codec.render).to_string()).ok()?
+        Field::__new(self).with_stored(|value| Formatted(value, codec.render).text()).ok()??
     }
 }
 
 impl<T: 'static> crate::logged::LoggedField for FieldDesc<T> {
     fn render(&'static self) -> Option<(&'static str, String)> {
         let (key, format) = self.log?;
-        let value = Field::__new(self).with_stored(|value| Formatted(value, format).to_string()).ok()??;
+        let value = Field::__new(self).with_stored(|value| Formatted(value, format).text()).ok()???;
         Some((key, value))
     }
 }
 
 /// A value with the formatting function its field was marked with.
 struct Formatted<'a, T>(&'a T, crate::descriptor::FormatFn<T>);
+
+impl<T> Formatted<'_, T> {
+    /// The text; `None` if the formatting code panicked or failed. Contained:
+    /// a log line (also one written by a destructor while the thread
+    /// unwinds) or a header must not panic because of one field.
+    fn text(&self) -> Option<String> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            use std::fmt::Write as _;
+            let mut text = String::new();
+            write!(text, "{self}").ok().map(|()| text)
+        }))
+        .ok()
+        .flatten()
+    }
+}
 
 impl<T> fmt::Display for Formatted<'_, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -274,3 +274,29 @@ fn is_set_before_the_first_access_agrees_with_the_first_read() {
         assert!(!Untouched::region().is_set());
     });
 }
+
+fn zone_from_init() -> Zoned {
+    Zoned { zone: "from-init".into() }
+}
+
+#[derive(ContextLocal)]
+#[context_local(init = zone_from_init)]
+struct Zoned {
+    #[context_local(baggage)]
+    zone: String,
+}
+
+// API: "the baggage fields that are set ... the header is byte-identical for
+// the same context": a struct's `init` values are not sent from a context
+// that never used the struct, whatever other contexts did.
+#[test]
+fn to_header_sends_no_init_values_of_a_struct_this_context_has_not_used() {
+    assert_eq!(Context::new().run(|| Zoned::zone().get()).as_deref(), Some("from-init"));
+    assert_eq!(Context::new().run(baggage::to_header), None);
+    // A received member meant for it goes out as the field will send it,
+    // before and after the first use here, and `init` does not run for it.
+    let mut context = baggage::extract(["other=1,zone=%65u"]);
+    assert_eq!(context.run(baggage::to_header).as_deref(), Some("zone=eu,other=1"));
+    assert_eq!(context.run(|| Zoned::zone().get()).as_deref(), Some("eu"));
+    assert_eq!(context.run(baggage::to_header).as_deref(), Some("zone=eu,other=1"));
+}

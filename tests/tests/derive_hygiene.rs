@@ -44,3 +44,26 @@ fn init_and_field_types_may_say_self() {
     Tree::parent().set(Some(Box::new(Tree { parent: None, depth: 0 })));
     assert_eq!(Tree::parent().with(|p| p.as_ref().map(|p| p.depth)), Some(Some(0)));
 }
+
+/// A field the user named in camel case (and allowed, on the struct): the
+/// generated accessor, named after it, adds no warning of its own (this
+/// module denies it, so a warning would fail the build).
+#[deny(non_snake_case)]
+mod camel_case_field {
+    use context_local::ContextLocal;
+
+    #[derive(ContextLocal)]
+    #[allow(non_snake_case)]
+    pub struct Legacy {
+        pub threadName: String,
+    }
+}
+
+#[test]
+fn a_camel_case_field_allowed_on_the_struct_warns_nowhere() {
+    use camel_case_field::Legacy;
+    context_local::Context::new().run(|| {
+        Legacy::threadName().set("main".into());
+        assert_eq!(Legacy::threadName().get().as_deref(), Some("main"));
+    });
+}

@@ -302,3 +302,83 @@ fn a_read_whose_release_panics_drops_the_copy_it_made() {
     });
     assert_eq!(ledger.dropped(), 3);
 }
+
+/// A `Display` that panics, for a logged field.
+#[derive(Clone)]
+struct PanicsInDisplay;
+
+impl std::fmt::Display for PanicsInDisplay {
+    fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        panic!("display fails");
+    }
+}
+
+#[derive(ContextLocal)]
+struct Logged {
+    #[context_local(log)]
+    broken: PanicsInDisplay,
+    #[context_local(log)]
+    fine: u32,
+}
+
+/// Collects what the subscriber writes.
+#[derive(Clone, Default)]
+struct Sink(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Sink {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Logs from its destructor: run while a panic unwinds.
+struct LogsWhenDropped;
+
+impl Drop for LogsWhenDropped {
+    fn drop(&mut self) {
+        tracing::error!("from a destructor");
+    }
+}
+
+// A logged field's `Display` runs on every line of the context, also lines
+// written by destructors while a panic unwinds: its panic is contained (the
+// field is left out of the line), never a second panic that aborts.
+#[test]
+fn a_logged_field_whose_display_panics_is_left_out_even_while_unwinding() {
+    run_isolated(
+        "a_logged_field_whose_display_panics_is_left_out_even_while_unwinding",
+        || {
+            let sink = Sink::default();
+            let writer = sink.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .json()
+                .with_writer(move || writer.clone())
+                .event_format(context_local::tracing::ContextFields::new(tracing_subscriber::fmt::format().json()))
+                .finish();
+            tracing::subscriber::with_default(subscriber, || {
+                Context::new().run(|| {
+                    Logged::broken().set(PanicsInDisplay);
+                    Logged::fine().set(7);
+                    tracing::info!("plain");
+                    let unwound = catch_unwind(|| {
+                        let _logs = LogsWhenDropped;
+                        panic!("outer");
+                    });
+                    let panic = unwound.err().map(|payload| message(&*payload));
+                    report(&format!("panic={}", panic.as_deref().unwrap_or("none")));
+                });
+            });
+            let output = String::from_utf8(sink.0.lock().expect("sink").clone()).expect("utf-8");
+            for line in output.lines() {
+                let object: serde_json::Value = serde_json::from_str(line).expect("each line is JSON");
+                report(&format!("fine={} broken={}", object["fine"], object.get("broken").is_some()));
+            }
+        },
+        &["panic=outer", r#"fine="7" broken=false"#, r#"fine="7" broken=false"#],
+    );
+}

@@ -13,7 +13,7 @@ use super::outgoing::Outgoing;
 use super::wire::{Member, Received};
 use crate::descriptor::{Batch, ErasedField, FieldDesc, StructDesc};
 use crate::field::Field;
-use crate::init::{is_initialised_here, run_init, store_batch};
+use crate::init::{is_initialised_here, store_batch};
 use crate::slot::Space;
 
 static STRUCTS: Mutex<Vec<&'static StructDesc>> = Mutex::new(Vec::new());
@@ -88,29 +88,46 @@ fn bind(desc: &'static StructDesc, received: &Received, batch: &mut Batch) {
     }
 }
 
-/// Offers what the current context sends: every set baggage field of every
-/// registered struct in declaration order (binding received members first
-/// where that has not happened yet), then the received members no field
-/// claims, as received.
+/// Offers what the current context sends: the baggage fields of every
+/// registered struct in declaration order (a struct used in this context:
+/// its set fields; one not used here yet: the received members it will
+/// bind, as they will go out, with no `init` run), then the received members
+/// no field claims, as received. The header thus does not depend on what
+/// other contexts did.
 pub(crate) fn offer(out: &mut Outgoing<'_>) {
     let structs = registered();
+    let received = received_here();
     for desc in &structs {
-        if run_init(desc, desc.name).is_err() {
-            continue;
-        }
+        let used = is_initialised_here(desc);
         for field in desc.fields {
-            if let (Some(key), Some(value)) = (field.baggage_key(), field.render_baggage()) {
+            let Some(key) = field.baggage_key() else { continue };
+            let value = match (used, &received) {
+                (true, _) => field.render_baggage(),
+                (false, Some(received)) => bound_text(*field, key, received),
+                (false, None) => None,
+            };
+            if let Some(value) = value {
                 out.offer_value(key, &value);
             }
         }
     }
-    if let Some(received) = received_here() {
+    if let Some(received) = received {
         for member in received.members() {
             if !claimed(&structs, member) {
                 out.offer_member(member);
             }
         }
     }
+}
+
+/// The text the first received member with `key` whose value parses will
+/// give `field` once bound.
+fn bound_text(field: &'static dyn ErasedField, key: &str, received: &Received) -> Option<String> {
+    received
+        .members()
+        .iter()
+        .filter(|member| member.key() == key)
+        .find_map(|member| field.reencode_baggage(member.value()))
 }
 
 /// Whether a received member belongs to a field (its key is a baggage
