@@ -44,7 +44,7 @@
 //!   `NESTED_MODEL_STATS=1` (with `--nocapture`) prints running totals of the
 //!   steps and events the programs produced.
 //!
-//! Under Miri: `MIRIFLAGS=-Zmiri-disable-isolation PROPTEST_CASES=10 cargo
+//! Under Miri: `MIRIFLAGS=-Zmiri-disable-isolation PROPTEST_CASES=5 cargo
 //! +nightly miri test -p tests --test nested_model` (fixed seed, shrinking
 //! capped at 32 steps).
 //!
