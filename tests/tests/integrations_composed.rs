@@ -6,9 +6,12 @@
 
 mod common;
 
+#[path = "common/captured.rs"]
+mod captured;
 #[path = "common/child.rs"]
 mod child;
 
+use captured::Captured;
 use std::convert::Infallible;
 use std::panic::catch_unwind;
 use std::pin::Pin;
@@ -348,21 +351,6 @@ impl std::fmt::Display for Talker {
     }
 }
 
-/// Every line a subscriber writes.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 // Today: formatting the line renders the field, whose `Display` logs, whose
 // line renders the field again: unbounded recursion, a stack overflow that
 // kills the process. A global subscriber is needed (a scoped one drops nested
@@ -386,7 +374,7 @@ fn a_logged_field_whose_display_logs_does_not_recurse() {
                 Chatty::talker().set(Talker);
                 tracing::info!("outer");
             });
-            let text = String::from_utf8(out.0.lock().unwrap().clone()).expect("utf-8");
+            let text = out.text();
             for line in text.lines() {
                 child::report(&format!("LINE:{line}"));
             }

@@ -1,8 +1,12 @@
 //! `#[context_local(log)]` fields in `tracing` and `log` output, captured and
 //! checked line by line, from threads and tasks with different values.
 
-use std::io::Write;
+#[path = "common/captured.rs"]
+mod captured;
+
 use std::sync::{Arc, Mutex};
+
+use captured::Captured;
 
 use context_local::log::ContextLogger;
 use context_local::tracing::ContextFields;
@@ -22,28 +26,6 @@ struct RequestContext {
 struct Worker {
     #[context_local(log)]
     worker: u32,
-}
-
-/// Every line a subscriber writes, in order.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Captured {
-    fn lines(&self) -> Vec<String> {
-        let bytes = self.0.lock().unwrap().clone();
-        String::from_utf8(bytes).expect("utf-8").lines().map(str::to_string).collect()
-    }
-}
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 fn subscriber(out: &Captured) -> impl tracing::Subscriber + Send + Sync {

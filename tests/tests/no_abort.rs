@@ -8,6 +8,8 @@
 //! child process (see `common/child.rs`) and the test checks how the child
 //! ended and the drop counts it printed.
 
+#[path = "common/captured.rs"]
+mod captured;
 #[path = "common/child.rs"]
 mod child;
 
@@ -15,6 +17,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use captured::Captured;
 use child::{report, run_isolated};
 use context_local::{Context, ContextLocal};
 
@@ -321,21 +324,6 @@ struct Logged {
     fine: u32,
 }
 
-/// Collects what the subscriber writes.
-#[derive(Clone, Default)]
-struct Sink(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Sink {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Logs from its destructor: run while a panic unwinds.
 struct LogsWhenDropped;
 
@@ -353,7 +341,7 @@ fn a_logged_field_whose_display_panics_is_left_out_even_while_unwinding() {
     run_isolated(
         "a_logged_field_whose_display_panics_is_left_out_even_while_unwinding",
         || {
-            let sink = Sink::default();
+            let sink = Captured::default();
             let writer = sink.clone();
             let subscriber = tracing_subscriber::fmt()
                 .json()
@@ -373,7 +361,7 @@ fn a_logged_field_whose_display_panics_is_left_out_even_while_unwinding() {
                     report(&format!("panic={}", panic.as_deref().unwrap_or("none")));
                 });
             });
-            let output = String::from_utf8(sink.0.lock().expect("sink").clone()).expect("utf-8");
+            let output = sink.text();
             for line in output.lines() {
                 let object: serde_json::Value = serde_json::from_str(line).expect("each line is JSON");
                 report(&format!("fine={} broken={}", object["fine"], object.get("broken").is_some()));

@@ -8,27 +8,16 @@
 //! (children on pool threads need a global one); each test looks for its own
 //! lines by a marker no other test logs.
 
+#[path = "common/captured.rs"]
+mod captured;
+
+use captured::Captured;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use context_local::rayon::ParallelIteratorExt as _;
 use context_local::task::JoinSetExt as _;
 use rayon::prelude::*;
-
-/// Everything the global subscriber wrote.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 fn captured() -> &'static Captured {
     static OUT: OnceLock<Captured> = OnceLock::new();
@@ -60,7 +49,7 @@ fn log(marker: &str) {
 /// Asserts that `marker` was logged `times` times, each time inside the
 /// span `request{id=..}`.
 fn assert_logged_in_span(marker: &str, id: u32, times: usize) {
-    let text = String::from_utf8(captured().0.lock().unwrap().clone()).expect("utf-8");
+    let text = captured().text();
     let lines: Vec<&str> = text.lines().filter(|line| line.ends_with(&format!(" {marker}"))).collect();
     assert_eq!(lines.len(), times, "{marker}: {lines:?}");
     for line in lines {
@@ -190,7 +179,7 @@ fn rayon_iterator_adaptor_carries_the_span_current_where_it_was_made() {
         );
     assert_eq!(sum, 28);
     assert_logged_in_span("rayon item", 11, 8);
-    let text = String::from_utf8(captured().0.lock().unwrap().clone()).expect("utf-8");
+    let text = captured().text();
     let reduces: Vec<&str> = text.lines().filter(|line| line.ends_with(" rayon reduce")).collect();
     assert!(reduces.iter().all(|line| line.contains("request{id=11}:")), "{reduces:?}");
 }
