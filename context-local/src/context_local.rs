@@ -10,9 +10,7 @@ use crate::future::{FutureExt, InContext};
 use crate::init::run_init;
 use crate::slot::{Loc, Space};
 use crate::state::{self, with_state, Blocked, ThreadState};
-use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-
-use crate::value::{drop_each, end_after, Drops, Stored};
+use crate::value::{drop_each, end_after, Each, Stored};
 
 /// A struct whose fields live in the current context (task scope) or thread
 /// (thread scope). Implemented by `#[derive(ContextLocal)]`; the derive also
@@ -188,21 +186,10 @@ pub trait ContextLocal: Sized + 'static {
             // storage released), so a `Clone` that rewrites a field frees
             // nothing it is still to clone; let go of them afterwards, each
             // destructor contained.
-            let held = expect(shared_counts(desc))?;
-            let copies: Vec<Stored> = held.iter().filter_map(Stored::share).collect();
-            let mut drops = Drops::default();
-            let value = catch_unwind(AssertUnwindSafe(|| Self::__load(&mut Parts { items: copies.into_iter() })));
-            drops.drop_all(held);
-            let value = match value {
-                Ok(value) if !drops.panicked() => value,
-                Ok(value) => {
-                    drops.drop_one(value);
-                    drops.finish();
-                    return None;
-                }
-                Err(panic) => resume_unwind(panic),
-            };
-            return Some(value);
+            let held = Each(expect(shared_counts(desc))?);
+            let copies: Vec<Stored> = held.0.iter().filter_map(Stored::share).collect();
+            let value = Self::__load(&mut Parts { items: copies.into_iter() });
+            return Some(end_after(held, value));
         }
         let taken = expect(take_fields(desc))?;
         let value = PutBack::<Self>(Some(Self::__load(&mut Parts { items: taken.into_iter() })));

@@ -567,14 +567,7 @@ impl<T: 'static> Field<T> {
             };
             Ok((state.contains(loc), first_access))
         })?;
-        // A received baggage member is the field's value from the struct's
-        // first access on: `is_set` says so before that access too.
-        #[cfg(feature = "baggage")]
-        if !stored && first_access {
-            return Ok(crate::baggage::would_bind(self.desc));
-        }
-        let _ = first_access;
-        Ok(stored)
+        Ok(stored || (first_access && self.bound_on_first_access()))
     }
 
     /// Applies the field's `default` if it is unset (for whole-struct reads).
@@ -831,6 +824,18 @@ impl<T: 'static> Field<T> {
             }
         }
         Err(self.unset())
+    }
+
+    /// Whether the struct's first access here will set this field from a
+    /// received baggage member (`is_set` runs neither `init` nor binding).
+    #[cfg(feature = "baggage")]
+    fn bound_on_first_access(&self) -> bool {
+        crate::baggage::would_bind(self.desc)
+    }
+
+    #[cfg(not(feature = "baggage"))]
+    fn bound_on_first_access(&self) -> bool {
+        false
     }
 
     /// Formats the stored value, if there is one, without running `init` or

@@ -153,11 +153,6 @@ impl Drops {
         }
     }
 
-    /// Whether a destructor panicked so far.
-    pub(crate) fn panicked(&self) -> bool {
-        self.panic.is_some()
-    }
-
     /// Resumes the first panic, unless the thread is already unwinding (a
     /// second panic then would abort the process; the first one goes on).
     pub(crate) fn finish(self) {
@@ -226,6 +221,17 @@ impl<V> Drop for Contained<V> {
         if let Some(value) = self.0.take() {
             drop_contained(value);
         }
+    }
+}
+
+/// Values the library holds for a while (counts kept alive during a call):
+/// when it lets go, each is dropped on its own (see [`drop_each`]), also
+/// while the thread unwinds.
+pub(crate) struct Each<V>(pub(crate) Vec<V>);
+
+impl<V> Drop for Each<V> {
+    fn drop(&mut self) {
+        drop_each(std::mem::take(&mut self.0));
     }
 }
 
