@@ -2,7 +2,7 @@
 //! right on its own: a guard dropped inside nested `with`/`update` closures,
 //! contexts installed around tokio runtimes and `LocalSet`s, guards dropped in
 //! another context, and guards or snapshots used inside a `Clone` impl that a
-//! read is running. The intended behaviour is `/work/notes/semantics.md`.
+//! read is running. Each test states the behaviour the crate documents.
 
 use std::cell::RefCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};

@@ -126,19 +126,24 @@ fn two_services() {
     check("two_services", "two services: the fields and the unknown member reached B exactly");
 }
 
-/// The README's "Across services" snippets are compiled code, word for word:
-/// each is a region of the example or of the test that runs it.
+/// Every rust block of the README is compiled code, word for word: each is
+/// a region of an example or of a test (`readme_snippets.rs` holds the
+/// excerpts), and none is marked `ignore`.
 #[test]
-fn the_readme_across_services_snippets_are_compiled() {
+fn every_readme_rust_block_is_compiled() {
     let root = workspace();
     let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
-    let section = readme.split("## Across services\n").nth(1).expect("an Across services section");
-    let section = &section[..section.find("\n## ").unwrap_or(section.len())];
-    let sources = ["examples/examples/two_services.rs", "tests/tests/baggage_readme.rs"]
-        .map(|path| std::fs::read_to_string(root.join(path)).expect(path));
+    assert!(!readme.contains("```rust,ignore"), "a README block is not compiled");
+    let sources = [
+        "examples/examples/quick_start.rs",
+        "examples/examples/two_services.rs",
+        "tests/tests/baggage_readme.rs",
+        "tests/tests/readme_snippets.rs",
+    ]
+    .map(|path| std::fs::read_to_string(root.join(path)).expect(path));
     let blocks: Vec<&str> =
-        section.split("```rust\n").skip(1).map(|rest| &rest[..rest.find("```").expect("end")]).collect();
-    assert_eq!(blocks.len(), 2, "an axum snippet and a message-queue snippet");
+        readme.split("```rust\n").skip(1).map(|rest| &rest[..rest.find("```").expect("end")]).collect();
+    assert_eq!(blocks.len(), 9, "the quick start, six excerpts and the two across-services snippets");
     for block in blocks {
         assert!(sources.iter().any(|source| source.contains(block)), "not in a compiled file:\n{block}");
     }

@@ -14,8 +14,8 @@
 //! leaving it), what a `with`/`update` closure is lent (at its start and its
 //! end), every `Clone`, every `Drop`, every run of `init` and `default`. The
 //! real run goes first, on a fresh thread; the model then runs the same
-//! program, following `/work/notes/semantics.md` and `API.md` (sections 2 to
-//! 6), and the two traces must be equal. The model takes from the real trace
+//! program, following the crate's documented behaviour (the README and the
+//! API docs) and the decisions below, and the two traces must be equal. The model takes from the real trace
 //! only what the contract leaves open: the order in which one call drops
 //! several values (it checks that the set is right), and Decision 13 below.
 //! Every value counts its drops and checks it is alive whenever it is looked
@@ -48,17 +48,18 @@
 //! +nightly miri test -p tests --test nested_model` (fixed seed, shrinking
 //! capped at 32 steps).
 //!
-//! Decisions where semantics.md is silent (each follows what API.md implies;
-//! the model code refers to them as "Decision N"):
+//! Decisions where the documentation is silent (each follows what it
+//! implies; the model code refers to them as "Decision N"):
 //! 1. A field access checks misuse (`Destroyed`, `Unscoped`, `Reentrant`)
 //!    before it runs `init` or `default`.
-//! 2. Inside a `Clone` impl run by a read (`get`, `try_get`,
-//!    `get_or_insert_with` of a set field, `S::current`) a read that would
-//!    have to store something (run `init`, store a `default`, or
-//!    `get_or_insert_with` of an unset field) is a write: `Reentrant`. `with`
-//!    is a read there (semantics.md lists it among the reads). `S::current`
-//!    clones like `get` does. The `Clone` run by `update`'s copy-on-write or by
-//!    `take`/`replace` of a value a snapshot shares is not a read: normal rules.
+//! 2. A `Clone` impl run by a read (`get`, `try_get`, `get_or_insert_with` of
+//!    a set field) is lent the field as a `with` closure is: reads of that
+//!    field work, writes to it are `Reentrant`, everything else works, and a
+//!    value released meanwhile lives until the clone returns. `S::current` of
+//!    a struct whose fields are all inherited holds a count of each value and
+//!    clones in place (no field marked); other structs move out and are put
+//!    back. The `Clone` run by `update`'s copy-on-write or by `take`/`replace`
+//!    of a value a snapshot shares is not a read: normal rules.
 //! 3. `is_set` inside the struct's own `init` is `Reentrant` (any access to the
 //!    struct is).
 //! 4. A value given to a write that fails (`set`, `replace`, `enter` on misuse)
@@ -66,7 +67,8 @@
 //!    the one that leaves the call.
 //! 5. `take`/`replace` of a value shared with a snapshot return a clone (the
 //!    snapshot keeps the original); `update` clones a shared value before the
-//!    closure (API.md: "If a snapshot shares the value, it is cloned first").
+//!    closure (the contract: "If a snapshot shares the value, it is cloned
+//!    first").
 //! 6. Drop hooks that run while the library cleans up after a panic (an
 //!    `update`/`with` closure panicked) run "while unwinding": a library call
 //!    inside them that drops values swallows their panics.
@@ -75,11 +77,14 @@
 //!    dropped and the rewrite stays; otherwise the computed value is stored.
 //!    If the field is unset again when it is read back, `default` applies,
 //!    else the call panics with `Unset`'s text.
-//! 8. Values a user-dropped `Context` holds are dropped in whatever context is
-//!    current where it is dropped; at thread exit, in any order, with every
-//!    access inside a destructor `Destroyed`.
+//! 8. A user-dropped `Context` is installed while the values it alone holds
+//!    are dropped one at a time, then lets go of the rest; at thread exit
+//!    values go in any order, with every access inside a destructor
+//!    `Destroyed`. Values the library took out (a guard's restore, `clear`,
+//!    `S::current`'s counts) are let go of one at a time, each held until its
+//!    turn.
 //! 9. A guard's saved values are dropped when the guard is dropped without
-//!    restoring (another context, inside a `Clone`).
+//!    restoring (in another context).
 //! 10. Harness rules (not library semantics): the harness drops a value it got
 //!     back (`take`, `replace`, a clone from `get`) right away; the fields of
 //!     a struct it got back (`S::take`, `S::current`) one by one in field
@@ -2500,8 +2505,7 @@ impl<'r> Model<'r> {
         r.map(|()| Out::Unit)
     }
 
-    /// semantics.md: a dropped `InContext`'s values are dropped with its
-    /// context installed, so a value's `Drop` sees the context's other fields.
+    /// A dropped `InContext`'s values are dropped with its context installed, so a value's `Drop` sees the context's other fields.
     /// Decision 12: one at a time (the real order), each taken out first, the
     /// rest still there; what a `Drop` stores meanwhile is dropped as well;
     /// each contained, then the first panic resumed.
