@@ -1190,8 +1190,22 @@ fn exec_step(step: &Step) {
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().build().expect("a current-thread runtime")
+/// Whether a step that starts a runtime is skipped here: while the thread is
+/// torn down, inside another runtime, or inside a `Clone` hook.
+fn no_runtime_here() -> bool {
+    TEARDOWN.with(Cell::get) || IN_RUNTIME.with(Cell::get) > 0 || IN_CLONE_HOOK.with(Cell::get) > 0
+}
+
+/// Runs `fut` on a fresh current-thread runtime, with this thread marked as
+/// inside one, and drops the runtime before returning.
+fn on_fresh_runtime<F: std::future::Future>(fut: F) -> F::Output {
+    let rt = tokio::runtime::Builder::new_current_thread().build().expect("a current-thread runtime");
+    let output = {
+        let _in_runtime = Level::enter(&IN_RUNTIME);
+        rt.block_on(fut)
+    };
+    drop(rt);
+    output
 }
 
 fn perform(step: &Step) -> Out {
@@ -1346,27 +1360,22 @@ fn perform(step: &Step) -> Out {
             }
         }
         Op::InTask(i, body) => {
-            if TEARDOWN.with(Cell::get) || IN_RUNTIME.with(Cell::get) > 0 || IN_CLONE_HOOK.with(Cell::get) > 0 {
+            if no_runtime_here() {
                 return Out::Skipped;
             }
             let Some(mut slot) = take_slot(*i) else { return Out::Busy };
             let ctx = slot.ctx.take().expect("taken");
             let body = body.clone();
-            let rt = runtime();
-            let (ctx, result) = {
-                let _in_runtime = Level::enter(&IN_RUNTIME);
-                rt.block_on(async move {
-                    tokio::spawn(async move {
-                        let work = async move { catch_unwind(AssertUnwindSafe(|| exec_block(&body))) };
-                        let mut fut = Box::pin(work).in_context(ctx);
-                        let result = (&mut fut).await;
-                        (fut.into_context(), result)
-                    })
-                    .await
-                    .expect("the task finishes")
+            let (ctx, result) = on_fresh_runtime(async move {
+                tokio::spawn(async move {
+                    let work = async move { catch_unwind(AssertUnwindSafe(|| exec_block(&body))) };
+                    let mut fut = Box::pin(work).in_context(ctx);
+                    let result = (&mut fut).await;
+                    (fut.into_context(), result)
                 })
-            };
-            drop(rt);
+                .await
+                .expect("the task finishes")
+            });
             slot.ctx = Some(ctx);
             drop(slot);
             if let Err(payload) = result {
@@ -1375,39 +1384,29 @@ fn perform(step: &Step) -> Out {
             Out::Unit
         }
         Op::PlainTask(body) => {
-            if TEARDOWN.with(Cell::get) || IN_RUNTIME.with(Cell::get) > 0 || IN_CLONE_HOOK.with(Cell::get) > 0 {
+            if no_runtime_here() {
                 return Out::Skipped;
             }
             let body = body.clone();
-            let rt = runtime();
-            let result = {
-                let _in_runtime = Level::enter(&IN_RUNTIME);
-                rt.block_on(async move {
-                    tokio::spawn(async move { catch_unwind(AssertUnwindSafe(|| exec_block(&body))) })
-                        .await
-                        .expect("the task finishes")
-                })
-            };
-            drop(rt);
+            let result = on_fresh_runtime(async move {
+                tokio::spawn(async move { catch_unwind(AssertUnwindSafe(|| exec_block(&body))) })
+                    .await
+                    .expect("the task finishes")
+            });
             if let Err(payload) = result {
                 resume_unwind(payload);
             }
             Out::Unit
         }
         Op::NewContextTask(body) => {
-            if TEARDOWN.with(Cell::get) || IN_RUNTIME.with(Cell::get) > 0 || IN_CLONE_HOOK.with(Cell::get) > 0 {
+            if no_runtime_here() {
                 return Out::Skipped;
             }
             let body = body.clone();
-            let rt = runtime();
-            let result = {
-                let _in_runtime = Level::enter(&IN_RUNTIME);
-                rt.block_on(async move {
-                    let work = async move { catch_unwind(AssertUnwindSafe(|| exec_block(&body))) };
-                    tokio::spawn(work.in_new_context()).await
-                })
-            };
-            drop(rt);
+            let result = on_fresh_runtime(async move {
+                let work = async move { catch_unwind(AssertUnwindSafe(|| exec_block(&body))) };
+                tokio::spawn(work.in_new_context()).await
+            });
             match result {
                 Ok(Ok(())) => Out::Unit,
                 Ok(Err(payload)) => resume_unwind(payload),
