@@ -86,7 +86,7 @@ struct TaskPair {
 
 // --- 1. a guard dropped inside nested closures ------------------------------
 
-// Today: the inner `with` ends and drops every value parked after the first
+// Before the fix: the inner `with` ends and drops every value parked after the first
 // parked entry at or above its depth, including `a`'s value, parked for the
 // outer `with` that is still reading it (the parked list is not ordered by
 // depth). The outer closure then reads freed memory.
@@ -160,7 +160,7 @@ fn a_guard_dropped_in_a_nested_with_of_the_same_field_keeps_the_outer_read_alive
     assert_eq!(ledger.balance(), (2, 2));
 }
 
-// Today: `update` puts its value back over whatever the guard restored, and
+// Before the fix: `update` puts its value back over whatever the guard restored, and
 // drops the restored value instead.
 
 #[test]
@@ -226,7 +226,7 @@ fn block_on_and_spawn(rt: &tokio::runtime::Runtime) -> (Result<u32, AccessError>
     })
 }
 
-// Today: on a current-thread runtime the spawned task is polled inside
+// Before the fix: on a current-thread runtime the spawned task is polled inside
 // `ctx.run` and reads `ctx`'s values (`Ok(7)`): the check only looks at
 // whether some context is installed, not whose it is. (The multi-thread half
 // passes today: the task runs on a worker with nothing installed.)
@@ -243,7 +243,7 @@ fn a_plain_task_polled_inside_ctx_run_around_block_on_is_unscoped() {
     assert_eq!(ctx.run(|| Req::id().get()), Some(7));
 }
 
-// Today: the LocalSet polls its tasks inside `run_until`'s poll, so they run
+// Before the fix: the LocalSet polls its tasks inside `run_until`'s poll, so they run
 // with `ctx` installed and read it (`Ok(8)`).
 #[test]
 fn plain_spawn_local_children_of_a_local_set_run_in_a_context_are_unscoped() {
@@ -267,7 +267,7 @@ fn plain_spawn_local_children_of_a_local_set_run_in_a_context_are_unscoped() {
     assert_eq!(wrapped, Ok(8), "context_local::task::spawn_local carries a snapshot");
 }
 
-// Today: `run_blocking` in a plain task takes an empty snapshot, runs `f`, and
+// Before the fix: `run_blocking` in a plain task takes an empty snapshot, runs `f`, and
 // writes `f`'s writes back into the worker thread's root context, with no
 // panic: the next `block_on` on that thread sees 99.
 #[test]
@@ -302,7 +302,7 @@ struct Guarded {
     value: Val,
 }
 
-// Today: the guard restores into whatever context is current where it is
+// Before the fix: the guard restores into whatever context is current where it is
 // dropped: the root loses 7, and the saved "nothing" of `ctx` is applied here.
 #[test]
 fn a_guard_dropped_outside_the_context_it_was_entered_in_changes_nothing() {
@@ -319,7 +319,7 @@ fn a_guard_dropped_outside_the_context_it_was_entered_in_changes_nothing() {
     assert_eq!(ledger.balance(), (2, 2));
 }
 
-// Today: task B, dropping task A's guard, gets A's saved value ("five")
+// Before the fix: task B, dropping task A's guard, gets A's saved value ("five")
 // restored into its own context.
 #[test]
 fn a_guard_handed_to_another_local_task_changes_nothing_there() {
@@ -393,7 +393,7 @@ impl Drop for Recording {
     }
 }
 
-// Today: `InContextStream` has no destructor of its own; the inner stream is
+// Before the fix: `InContextStream` has no destructor of its own; the inner stream is
 // dropped in whatever context is current (here the thread's root: "root").
 #[test]
 fn in_context_stream_drops_its_inner_stream_inside_its_context() {
@@ -453,7 +453,7 @@ struct Probed {
     probe: Probe,
 }
 
-// Today: the guard's drop finds the state marked as being read and silently
+// Before the fix: the guard's drop finds the state marked as being read and silently
 // does nothing (the saved value is dropped, nothing restored, no panic), and
 // `Context::current()` silently returns an empty context.
 #[test]

@@ -66,7 +66,7 @@ impl Drop for Endless {
     }
 }
 
-// Today: `ContextBody` has no destructor of its own; hyper's connection task
+// Before the fix: `ContextBody` has no destructor of its own; hyper's connection task
 // (a plain tokio task) drops the body with no context installed, and its
 // `Drop` reads `Err(Unscoped)`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,7 +95,7 @@ async fn a_response_body_dropped_by_the_server_after_a_client_disconnect_is_drop
     assert_eq!(seen, Ok("mid-body".to_string()), "the body's Drop runs in the request's context");
 }
 
-// Today: the body is dropped in the caller's context (here the test's root
+// Before the fix: the body is dropped in the caller's context (here the test's root
 // context, where the field is unset: `Err(Unset)`).
 #[tokio::test]
 async fn a_response_body_dropped_by_the_caller_is_dropped_in_the_request_context() {
@@ -138,7 +138,7 @@ impl Drop for Probe {
     }
 }
 
-// Today: `InContext`'s destructor installs the context only while dropping
+// Before the fix: `InContext`'s destructor installs the context only while dropping
 // the inner future; the context's own values are dropped afterwards, outside
 // it (`Err(Unset)` in the test's root context, `Err(Unscoped)` on a worker).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,7 +226,7 @@ struct Siblings {
     reader: Reader,
 }
 
-// Today: `current()` moves every field out, clones the struct and puts the
+// Before the fix: `current()` moves every field out, clones the struct and puts the
 // fields back; a panicking `Clone` drops the moved-out values (both fields end
 // unset), and a field's `Clone` sees its siblings unset (`Err(Unset)`).
 #[test]
@@ -261,7 +261,7 @@ fn pool() -> rayon::ThreadPool {
     rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("pool")
 }
 
-// Today: a folder runs a whole batch of items in one `run` of one context, so
+// Before the fix: a folder runs a whole batch of items in one `run` of one context, so
 // an item sees the previous item's write (96 of 100 here); a `reduce` closure
 // combining two halves (a few of the calls), and every `fold` identity, run
 // outside the context (a worker's root context: `None`).
@@ -351,7 +351,7 @@ impl std::fmt::Display for Talker {
     }
 }
 
-// Today: formatting the line renders the field, whose `Display` logs, whose
+// Before the fix: formatting the line renders the field, whose `Display` logs, whose
 // line renders the field again: unbounded recursion, a stack overflow that
 // kills the process. A global subscriber is needed (a scoped one drops nested
 // events by itself), so this runs in a child process.

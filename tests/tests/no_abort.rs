@@ -85,7 +85,7 @@ fn message(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "<not a string>".into())
 }
 
-// Today: the thread's storage drops its root context inside one
+// Before the fix: the thread's storage drops its root context inside one
 // `catch_unwind`; the first value's panic unwinds through the map's drop
 // glue, which drops the second value, whose panic aborts the process.
 #[test]
@@ -106,7 +106,7 @@ fn thread_exit_with_two_panicking_values_in_the_root_context_does_not_abort() {
     );
 }
 
-// Today: `clear` collects both values and drops the `Vec`; the second panic
+// Before the fix: `clear` collects both values and drops the `Vec`; the second panic
 // happens while the first unwinds: abort.
 #[test]
 fn clearing_a_struct_holding_two_panicking_values_drops_both_then_panics() {
@@ -131,7 +131,7 @@ fn clearing_a_struct_holding_two_panicking_values_drops_both_then_panics() {
     );
 }
 
-// Today: the guard's restore parks the displaced loud value for the read; the
+// Before the fix: the guard's restore parks the displaced loud value for the read; the
 // closure panics, and the read's end drops the parked value during that
 // unwinding: its panic aborts the process.
 #[test]
@@ -162,7 +162,7 @@ fn a_panicking_with_closure_whose_unwinding_drops_a_panicking_displaced_value_do
     );
 }
 
-// Today: `clear` drops the whole map at once: abort on the second panic.
+// Before the fix: `clear` drops the whole map at once: abort on the second panic.
 #[test]
 fn clearing_a_context_holding_two_panicking_values_drops_both_then_panics() {
     run_isolated(
@@ -181,7 +181,7 @@ fn clearing_a_context_holding_two_panicking_values_drops_both_then_panics() {
     );
 }
 
-// Today: as above, from the context's own drop.
+// Before the fix: as above, from the context's own drop.
 #[test]
 fn dropping_a_context_holding_two_panicking_values_drops_both_then_panics() {
     run_isolated(

@@ -70,7 +70,7 @@ struct Busy {
     stack: Vec<u32>,
 }
 
-// Today: `get`, `with`, `update`, `pop` and `top` point at the caller;
+// Before the fix: `get`, `with`, `update`, `pop` and `top` point at the caller;
 // `set`, `replace`, `take`, `delete`, `is_set`, `get_or_insert_with` and
 // `push` point into `context-local/src/field.rs` (their panic is in a closure
 // passed to `unwrap_or_else`, which `#[track_caller]` does not reach).
@@ -107,7 +107,7 @@ fn field_misuse_panics_point_at_the_calling_line() {
     assert!(failures.is_empty(), "misuse panics that do not point at the caller:\n{}", failures.join("\n"));
 }
 
-// Today: all four point into `context-local/src/local.rs` (`S::current`
+// Before the fix: all four point into `context-local/src/local.rs` (`S::current`
 // through `S::take`'s closure).
 #[test]
 // Called through a closure so the call, not a function pointer, is on the line.
