@@ -1208,14 +1208,30 @@ fn on_fresh_runtime<F: std::future::Future>(fut: F) -> F::Output {
     output
 }
 
+/// Runs a closure's `body`, recording what the closure is lent (`look`)
+/// before and after it; returns the last.
+fn lent_around(id: u32, body: &Block, look: impl Fn() -> (Tag, u32)) -> (Tag, u32) {
+    let (t, n) = look();
+    emit(Ev::Saw(id, t, n));
+    exec_block(body);
+    let (t, n) = look();
+    emit(Ev::Saw(id, t, n));
+    (t, n)
+}
+
+/// A `try_` call's result as a step's result.
+fn found(result: Result<(Tag, u32), AccessError>) -> Out {
+    match result {
+        Ok(seen) => Out::Val(Some(seen)),
+        Err(e) => Out::Err(kind(&e)),
+    }
+}
+
 fn perform(step: &Step) -> Out {
     let id = step.id;
     match &step.op {
         Op::Get(k) => Out::Val(field(*k).get().map(seen)),
-        Op::TryGet(k) => match field(*k).try_get() {
-            Ok(v) => Out::Val(Some(seen(v))),
-            Err(e) => Out::Err(kind(&e)),
-        },
+        Op::TryGet(k) => found(field(*k).try_get().map(seen)),
         Op::Set(k, v) => {
             field(*k).set(make(v));
             Out::Unit
@@ -1225,19 +1241,9 @@ fn perform(step: &Step) -> Out {
         Op::Delete(k) => Out::Flag(field(*k).delete()),
         Op::IsSet(k) => Out::Flag(field(*k).is_set()),
         Op::With { key, try_, body } => {
-            let lend = |v: &V| {
-                let (t, n) = observe(v);
-                emit(Ev::Saw(id, t, n));
-                exec_block(body);
-                let (t, n) = observe(v);
-                emit(Ev::Saw(id, t, n));
-                (t, n)
-            };
+            let lend = |v: &V| lent_around(id, body, || observe(v));
             if *try_ {
-                match field(*key).try_with(lend) {
-                    Ok(r) => Out::Val(Some(r)),
-                    Err(e) => Out::Err(kind(&e)),
-                }
+                found(field(*key).try_with(lend))
             } else {
                 Out::Val(field(*key).with(lend))
             }
@@ -1245,18 +1251,10 @@ fn perform(step: &Step) -> Out {
         Op::Update { key, try_, body } => {
             let change = |v: &mut V| {
                 v.n += 1;
-                let (t, n) = observe(v);
-                emit(Ev::Saw(id, t, n));
-                exec_block(body);
-                let (t, n) = observe(v);
-                emit(Ev::Saw(id, t, n));
-                (t, n)
+                lent_around(id, body, || observe(v))
             };
             if *try_ {
-                match field(*key).try_update(change) {
-                    Ok(r) => Out::Val(Some(r)),
-                    Err(e) => Out::Err(kind(&e)),
-                }
+                found(field(*key).try_update(change))
             } else {
                 Out::Val(field(*key).update(change))
             }
