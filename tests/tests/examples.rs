@@ -65,15 +65,24 @@ fn quick_start() {
     check("quick_start", "hello alice (req-1)\nhello stranger (req-2)");
 }
 
+/// The README's text and its rust blocks, in order.
+fn readme_rust_blocks() -> (String, Vec<String>) {
+    let readme = std::fs::read_to_string(workspace().join("README.md")).expect("README.md");
+    let blocks = readme
+        .split("```rust\n")
+        .skip(1)
+        .map(|rest| rest[..rest.find("```").expect("the block's end")].to_string())
+        .collect();
+    (readme, blocks)
+}
+
 /// The README opens with the quick start example, word for word.
 #[test]
 fn the_readme_quick_start_is_the_example() {
-    let root = workspace();
-    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
-    let example = std::fs::read_to_string(root.join("examples/examples/quick_start.rs")).expect("quick_start.rs");
-    let start = readme.find("```rust\n").expect("a rust block in the README") + "```rust\n".len();
-    let block = &readme[start..start + readme[start..].find("```").expect("the block's end")];
-    assert_eq!(block, example, "the README's first rust block differs from examples/examples/quick_start.rs");
+    let example =
+        std::fs::read_to_string(workspace().join("examples/examples/quick_start.rs")).expect("quick_start.rs");
+    let (_, blocks) = readme_rust_blocks();
+    assert_eq!(blocks[0], example, "the README's first rust block differs from examples/examples/quick_start.rs");
 }
 
 #[test]
@@ -132,7 +141,7 @@ fn two_services() {
 #[test]
 fn every_readme_rust_block_is_compiled() {
     let root = workspace();
-    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
+    let (readme, blocks) = readme_rust_blocks();
     assert!(!readme.contains("```rust,ignore"), "a README block is not compiled");
     let sources = [
         "examples/examples/quick_start.rs",
@@ -141,10 +150,8 @@ fn every_readme_rust_block_is_compiled() {
         "tests/tests/readme_snippets.rs",
     ]
     .map(|path| std::fs::read_to_string(root.join(path)).expect(path));
-    let blocks: Vec<&str> =
-        readme.split("```rust\n").skip(1).map(|rest| &rest[..rest.find("```").expect("end")]).collect();
     assert_eq!(blocks.len(), 9, "the quick start, six excerpts and the two across-services snippets");
-    for block in blocks {
-        assert!(sources.iter().any(|source| source.contains(block)), "not in a compiled file:\n{block}");
+    for block in &blocks {
+        assert!(sources.iter().any(|source| source.contains(block.as_str())), "not in a compiled file:\n{block}");
     }
 }
