@@ -69,6 +69,9 @@ fn get_u64(c: &mut Criterion) {
     group.bench_function("tokio_task_local", |b| {
         TASK_LOCAL.sync_scope(7, || b.iter(|| black_box(TASK_LOCAL.get())));
     });
+    // What every task-scoped read asks tokio (which task is running): the
+    // floor of a task-scoped read that keeps other tasks out.
+    group.bench_function("tokio_try_id", |b| in_task(|| b.iter(|| black_box(tokio::task::try_id()))));
     let per_thread = thread_local::ThreadLocal::new();
     group.bench_function("thread_local_crate", |b| b.iter(|| black_box(per_thread.get_or(|| Cell::new(7u64)).get())));
     group.bench_function("opentelemetry", |b| {
@@ -243,6 +246,29 @@ fn poll(c: &mut Criterion) {
     group.finish();
 }
 
+/// Installing a context and putting the previous one back, with nothing in
+/// between: what every poll of an `InContext` pays twice.
+fn switch(c: &mut Criterion) {
+    let mut group = c.benchmark_group("switch");
+    let mut ctx = Context::new();
+    ctx.run(|| TaskScoped::value().set(7));
+    group.bench_function("context_local_run", |b| b.iter(|| ctx.run(|| black_box(()))));
+    group.bench_function("task_local_sync_scope", |b| b.iter(|| TASK_LOCAL.sync_scope(7, || black_box(()))));
+    let otel = opentelemetry::Context::new().with_value(7u64);
+    group.bench_function("otel_attach", |b| b.iter(|| drop(black_box(otel.clone().attach()))));
+    // A switch after reads: the reads filled cache entries, which the
+    // switch lets go of.
+    group.bench_function("context_local_run_after_reads", |b| {
+        b.iter(|| {
+            ctx.run(|| {
+                black_box(TaskScoped::value().get());
+                black_box(TaskScoped::value().get());
+            })
+        });
+    });
+    group.finish();
+}
+
 const TASKS: usize = 100_000;
 
 fn spawn(c: &mut Criterion) {
@@ -280,5 +306,5 @@ fn spawn(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, get_u64, string, write, snapshot, first_write, poll, spawn);
+criterion_group!(benches, get_u64, string, write, snapshot, first_write, poll, switch, spawn);
 criterion_main!(benches);

@@ -114,7 +114,12 @@ fn field_static(input: &Input, field: &Field, name: &syn::Ident) -> TokenStream 
     // (`Send`, `Clone + Send + Sync`) fail there, on the user's field.
     let call =
         respan(quote!(#constructor(#field_name, &__CONTEXT_LOCAL_STRUCT, __CONTEXT_LOCAL_DEFAULT)), field.ty.span());
+    // The field's read cache on each thread.
+    let cache = format_ident!("{}_CACHE", name);
     quote! {
+        ::std::thread_local! {
+            static #cache: #krate::__private::Cache<#ty> = const { #krate::__private::Cache::new() };
+        }
         static #name: #krate::__private::FieldDesc<#ty> = {
             const __CONTEXT_LOCAL_DEFAULT: ::core::option::Option<fn() -> #ty> = #default;
             #call
@@ -127,6 +132,7 @@ fn accessor(input: &Input, field: &Field, name: &syn::Ident) -> TokenStream {
     let ty = self_to_ident(field.ty, input.ident);
     let vis = &field.original.vis;
     let accessor = field.accessor();
+    let cache = format_ident!("{}_CACHE", name);
     let doc = format!(
         "The context-local field `{}` of `{}`, in the current {}: its methods \
          (`get`, `set`, `with`, `update`, ...) are those of `context_local::Field`.",
@@ -141,7 +147,7 @@ fn accessor(input: &Input, field: &Field, name: &syn::Ident) -> TokenStream {
         #[allow(dead_code, non_snake_case)]
         #[inline]
         #vis const fn #accessor() -> #krate::Field<#ty> {
-            #krate::Field::__new(&#name)
+            #krate::Field::__cached(&#name, &#cache)
         }
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::baggage_codec::BaggageCodec;
 use crate::slot::{Loc, SlotCell, Space};
-use crate::value::{init_marker, Stored};
+use crate::value::{init_marker, SharedArc, SharedValue, Stored};
 
 /// What the derive knows about one struct.
 pub struct StructDesc {
@@ -78,6 +78,9 @@ pub struct FieldDesc<T: 'static> {
     pub(crate) slot: SlotCell,
     pub(crate) default: Option<fn() -> T>,
     wrap: fn(T) -> Stored,
+    /// For an inherited field: a stored count as `Arc<T>` (the downcast
+    /// needs `T: Send + Sync`, which only `shared` can name).
+    pub(crate) typed_arc: fn(SharedArc) -> Option<Arc<T>>,
     /// For `#[context_local(log)]` fields: the key in log lines and how the
     /// value is formatted.
     pub(crate) log: Option<(&'static str, FormatFn<T>)>,
@@ -92,7 +95,10 @@ impl<T: 'static> FieldDesc<T> {
     where
         T: TaskValue + InheritedValue,
     {
-        FieldDesc::build(name, owner, Space::Shared, default, wrap_shared::<T>)
+        FieldDesc {
+            typed_arc: typed_arc::<T>,
+            ..FieldDesc::build(name, owner, Space::Shared, default, wrap_shared::<T>)
+        }
     }
 
     /// A task-scoped field that child contexts do not inherit.
@@ -115,7 +121,16 @@ impl<T: 'static> FieldDesc<T> {
         default: Option<fn() -> T>,
         wrap: fn(T) -> Stored,
     ) -> FieldDesc<T> {
-        FieldDesc { name, owner, slot: SlotCell::new(space), default, wrap, log: None, baggage: None }
+        FieldDesc {
+            name,
+            owner,
+            slot: SlotCell::new(space),
+            default,
+            wrap,
+            typed_arc: no_arc::<T>,
+            log: None,
+            baggage: None,
+        }
     }
 
     /// Marks the field for log lines: `key=value`, formatted by `format`.
@@ -152,6 +167,14 @@ impl<T: 'static> FieldDesc<T> {
 
 fn wrap_shared<T: TaskValue + InheritedValue>(value: T) -> Stored {
     Stored::Shared(Arc::new(value))
+}
+
+fn typed_arc<T: TaskValue + InheritedValue>(count: SharedArc) -> Option<Arc<T>> {
+    <dyn SharedValue as SharedValue>::into_any(count).downcast::<T>().ok()
+}
+
+fn no_arc<T>(_: SharedArc) -> Option<Arc<T>> {
+    None
 }
 
 fn wrap_local<T: TaskValue>(value: T) -> Stored {

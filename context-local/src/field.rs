@@ -3,7 +3,9 @@
 use std::any::Any;
 use std::fmt;
 use std::rc::Rc;
+use std::thread::LocalKey;
 
+use crate::cache::{self, Cache, Entry, Held};
 use crate::descriptor::{ErasedField, FieldDesc};
 use crate::error::{expect, settle, AccessError};
 use crate::init::run_init;
@@ -60,6 +62,10 @@ use crate::value::{
 /// ```
 pub struct Field<T: 'static> {
     desc: &'static FieldDesc<T>,
+    /// The field's read cache on each thread. Kept here rather than in the
+    /// descriptor so that, the accessor being a `const fn`, the compiler
+    /// sees which thread-local it is and inlines the access.
+    cache: Option<&'static LocalKey<Cache<T>>>,
 }
 
 impl<T: 'static> Clone for Field<T> {
@@ -79,7 +85,21 @@ impl<T: 'static> fmt::Debug for Field<T> {
 impl<T: 'static> Field<T> {
     #[doc(hidden)]
     pub const fn __new(desc: &'static FieldDesc<T>) -> Field<T> {
-        Field { desc }
+        Field { desc, cache: None }
+    }
+
+    /// The field's descriptor.
+    #[doc(hidden)]
+    pub const fn __desc(&self) -> &'static FieldDesc<T> {
+        self.desc
+    }
+
+    /// A field with a read cache. An entry answers only for the field that
+    /// filled it, so a cache shared between fields costs speed, never
+    /// correctness.
+    #[doc(hidden)]
+    pub const fn __cached(desc: &'static FieldDesc<T>, cache: &'static LocalKey<Cache<T>>) -> Field<T> {
+        Field { desc, cache: Some(cache) }
     }
 
     /// The field's name, as `Struct::field`: the name errors use.
@@ -161,7 +181,10 @@ impl<T: 'static> Field<T> {
     where
         T: Clone,
     {
-        self.read(plain_clone::<T>(), Fill::<fn() -> T>::Default, T::clone)
+        match self.cached(T::clone) {
+            Ok(value) => Ok(value),
+            Err(clone) => self.get_uncached(clone),
+        }
     }
 
     /// Stores `value`, dropping the previous one (after the storage is
@@ -344,7 +367,10 @@ impl<T: 'static> Field<T> {
     /// assert_eq!(err, AccessError::Unset { field: "Request::path" });
     /// ```
     pub fn try_with<R>(&self, f: impl FnOnce(&T) -> R) -> Result<R, AccessError> {
-        self.lend(f)
+        match self.cached(f) {
+            Ok(result) => Ok(result),
+            Err(f) => self.with_uncached(f),
+        }
     }
 
     /// Calls `f` with a mutable reference to the value, in place; `None` if the
@@ -584,6 +610,79 @@ impl<T: 'static> Field<T> {
     #[inline]
     fn loc(&self) -> Loc {
         self.desc.loc()
+    }
+
+    /// `op` run on the value in this thread's cache entry, if the entry is
+    /// current; `op` back otherwise.
+    #[inline(always)]
+    fn cached<R, F: FnOnce(&T) -> R>(&self, op: F) -> Result<R, F> {
+        match self.cache {
+            Some(key) => cache::read(key, self.identity(), self.desc.slot.space() != Space::Thread, op),
+            None => Err(op),
+        }
+    }
+
+    /// Which field this is, for cache entries: its descriptor's address.
+    #[inline]
+    fn identity(&self) -> usize {
+        std::ptr::from_ref(self.desc) as usize
+    }
+
+    /// `get` when the cache could not answer: fills it and answers from it,
+    /// or takes the full path (`init`, `default`, misuse errors).
+    #[inline(never)]
+    fn get_uncached(&self, clone: impl FnOnce(&T) -> T) -> Result<T, AccessError>
+    where
+        T: Clone,
+    {
+        let clone = match self.fill_cache() {
+            true => match self.cached(clone) {
+                Ok(value) => return Ok(value),
+                Err(clone) => clone,
+            },
+            false => clone,
+        };
+        self.read(plain_clone::<T>(), Fill::<fn() -> T>::Default, clone)
+    }
+
+    /// `with` when the cache could not answer (see `get_uncached`).
+    #[inline(never)]
+    fn with_uncached<R>(&self, f: impl FnOnce(&T) -> R) -> Result<R, AccessError> {
+        let f = match self.fill_cache() {
+            true => match self.cached(f) {
+                Ok(result) => return Ok(result),
+                Err(f) => f,
+            },
+            false => f,
+        };
+        self.lend(f)
+    }
+
+    /// Fills this thread's cache entry from the value here, if there is one
+    /// that a read may see now. `false` otherwise: the full path knows why.
+    fn fill_cache(&self) -> bool {
+        let Some(key) = self.cache else {
+            return false;
+        };
+        let loc = self.loc();
+        let name = self.desc.name;
+        let generation = cache::generation();
+        let field = self.identity();
+        let entry = state::for_cache(|state| {
+            state.check_scope(name, loc.space).ok()?;
+            state.check_readable(loc, name).ok()?;
+            let held = match loc.space {
+                Space::Shared => {
+                    let count = state.current.get_shared(loc.index)?.clone();
+                    Held::Shared((self.desc.typed_arc)(count)?)
+                }
+                Space::Thread => Held::Thread(state.thread_rc(loc.index)?.clone().downcast::<T>().ok()?),
+                Space::Local => return None,
+            };
+            let context = state.context_for_cache(loc);
+            Some(Entry { generation, owner: state.owner, field, loc, context, held })
+        });
+        entry.is_some_and(|entry| cache::fill(key, entry))
     }
 
     fn unset(&self) -> AccessError {

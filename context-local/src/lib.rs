@@ -193,6 +193,7 @@
 
 // Bottom-up: each module uses only modules listed above it.
 mod baggage_codec;
+mod cache;
 mod context;
 mod context_local;
 mod descriptor;

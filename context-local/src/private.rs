@@ -5,6 +5,7 @@
 use std::fmt;
 
 pub use crate::baggage_codec::{BaggageCodec, BaggageFeatureEnabled, BaggageValue};
+pub use crate::cache::Cache;
 pub use crate::descriptor::{Batch, ErasedField, FieldDesc, FormatFn, InheritedValue, Parts, StructDesc, TaskValue};
 pub use crate::slot::Space;
 

@@ -138,15 +138,25 @@ pub(crate) fn write<R>(
 }
 
 /// Runs `f` on this thread's state, borrowed mutably, without scope checks.
-/// `f` must run no user code.
+/// `f` must run no user code. Every change to the state comes through here,
+/// so this is where the read cache goes stale (see `cache.rs`).
 #[inline]
 pub(crate) fn with_state<R>(f: impl FnOnce(&mut ThreadState) -> R) -> Result<R, Blocked> {
+    crate::cache::invalidate();
     STATE
         .try_with(|cell| match cell.try_borrow_mut() {
             Ok(mut state) => Ok(f(&mut state)),
             Err(_) => Err(Blocked::Borrowed),
         })
         .unwrap_or(Err(Blocked::Destroyed))
+}
+
+/// Runs `f` on this thread's state to fill a cache entry: borrowed mutably
+/// (to draw the context's identity, which changes nothing a read sees)
+/// without making the cache stale. `f` must run no user code.
+#[inline]
+pub(crate) fn for_cache<R>(f: impl FnOnce(&mut ThreadState) -> Option<R>) -> Option<R> {
+    STATE.try_with(|cell| cell.try_borrow_mut().ok().and_then(|mut state| f(&mut state))).ok().flatten()
 }
 
 /// Runs `f` on this thread's state, borrowed shared, without scope checks.
@@ -208,12 +218,22 @@ impl ThreadState {
         }
     }
 
-    /// Fails with `Reentrant` if a closure is using `loc` here at all.
+    /// Fails with `Reentrant` if a closure is using `loc` here at all (on
+    /// the full path, or through the read cache).
     #[inline]
     pub(crate) fn check_free(&self, loc: Loc, field: &'static str) -> Result<(), AccessError> {
-        match self.use_of(loc) {
-            Some(_) => Err(AccessError::Reentrant { field }),
-            None => Ok(()),
+        if self.use_of(loc).is_some() || crate::cache::lent_here(loc, self.context_of(loc)) {
+            return Err(AccessError::Reentrant { field });
+        }
+        Ok(())
+    }
+
+    /// The context a cache entry for `loc` is read in, its identity drawn
+    /// now if need be (0 for thread scope).
+    pub(crate) fn context_for_cache(&mut self, loc: Loc) -> u64 {
+        match loc.space {
+            Space::Thread => 0,
+            _ => self.current.id(),
         }
     }
 
@@ -398,6 +418,8 @@ impl ThreadState {
 
 impl Drop for ThreadState {
     fn drop(&mut self) {
+        // No cache entry may answer from here on.
+        crate::cache::invalidate();
         // The thread is exiting and this thread-local is marked destroyed, so
         // any access from the destructors below is `Destroyed`, and installing
         // a context is impossible: the current context drops its values one by

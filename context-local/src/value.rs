@@ -14,6 +14,8 @@ pub(crate) trait SharedValue: Any + Send + Sync {
     fn clone_arc(&self) -> Arc<dyn SharedValue>;
     /// The value on its own, cloned if a snapshot still shares it.
     fn into_boxed(self: Arc<Self>) -> Box<dyn Any>;
+    /// The same count, as `Any` (to downcast to `Arc<T>`).
+    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
 }
 
 impl<T: Clone + Send + Sync + 'static> SharedValue for T {
@@ -23,6 +25,10 @@ impl<T: Clone + Send + Sync + 'static> SharedValue for T {
 
     fn into_boxed(self: Arc<Self>) -> Box<dyn Any> {
         Box::new(Arc::unwrap_or_clone(self))
+    }
+
+    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {
+        self
     }
 }
 

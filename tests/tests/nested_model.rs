@@ -153,6 +153,7 @@ const KINDS: &[&str] = &[
     "on-thread",
     "in-task",
     "plain-task",
+    "warm-plain-task",
     "new-context-task",
     "exit-drops",
     "clone-hooks",
@@ -173,7 +174,7 @@ const GROUPS: &[(&str, &[&str])] = &[
     ("init-hooks", &["arm-init"]),
     ("default-hooks", &["arm-default"]),
     ("threads", &["on-thread"]),
-    ("tokio", &["in-task", "plain-task", "new-context-task"]),
+    ("tokio", &["in-task", "plain-task", "warm-plain-task", "new-context-task"]),
     ("contexts", &["run", "drop-context"]),
     ("struct-ops", &["clear", "take-struct", "current"]),
 ];
@@ -750,8 +751,18 @@ fn node_ops(inner: BoxedStrategy<Op>) -> BoxedStrategy<Op> {
     arms.add("on-thread", 1, (0..4u8, block()).prop_map(|(i, b)| Op::OnThread(i, b)));
     arms.add("in-task", 1, (0..4u8, block()).prop_map(|(i, b)| Op::InTask(i, b)));
     arms.add("plain-task", 1, block().prop_map(Op::PlainTask));
+    // A read, then a plain task reading the same field first thing: the
+    // read cache's entry is warm when the task looks.
+    arms.add("warm-plain-task", 1, (key(), block()).prop_map(|(k, b)| warm_plain_task(k, &b)));
     arms.add("new-context-task", 1, block().prop_map(Op::NewContextTask));
     Union::new_weighted(arms.0).boxed()
+}
+
+/// `{ k.get(); rt.block_on(tokio::spawn(async { k.get(); body })) }`, caught.
+fn warm_plain_task(k: Key, body: &Block) -> Op {
+    let step = |op| Step { id: 0, op };
+    let task = std::iter::once(step(Op::Get(k))).chain(body.iter().cloned()).collect();
+    Op::Catch(Arc::new(vec![step(Op::Get(k)), step(Op::PlainTask(Arc::new(task)))]))
 }
 
 fn program() -> impl Strategy<Value = Program> {
