@@ -1,4 +1,4 @@
-//! A per-field, per-thread read cache: the fast path of `get` and `with`.
+//! A per-field, per-thread cache: the fast path of `get`, `with` and `set`.
 //!
 //! The derive gives every field a `thread_local!` [`Cache`] of its own type.
 //! A read that finds the entry current reads from it: one generation number
@@ -7,36 +7,49 @@
 //!
 //! An entry holds a count of the value (`Arc`/`Rc`), taken from the slot, and
 //! says when it was taken: the thread's generation number then, the task
-//! that owned the context (the read checks it is still that task), the field
-//! (so an entry can only ever answer for its own field), and the context.
+//! that owned the context (the access checks it is still that task), the
+//! field (so an entry only ever answers for its own field), and the context.
+//!
+//! For a type whose `Clone` and `Drop` run no user code (integers, `String`,
+//! ...: see `value::plain_clone`), `set` writes into a current entry instead
+//! of the slot: the entry then holds the value itself and is *dirty*. Nothing
+//! can tell when such a value is dropped, and every path that looks at the
+//! slot writes dirty entries back first.
 //!
 //! Invariants, each kept here:
 //! - Every change to the thread's state (any write, any context installed or
-//!   put back, any use of a field begun or ended) starts with
-//!   [`invalidate`], which bumps the generation and lets go of every entry
-//!   that is not lent to a closure right now. So a current entry's slot still
-//!   holds the value, and letting go of the entry's count never drops a
-//!   value: dropping happens exactly when it would without the cache.
+//!   put back, any use of a field begun or ended) starts with [`settle`],
+//!   which writes dirty entries back, bumps the generation and lets go of
+//!   every entry that is not lent to a closure right now. So a clean current
+//!   entry's slot still holds the value, and letting go of the entry's count
+//!   never drops a value: dropping happens exactly when it would without the
+//!   cache. Every read of the state that is not a change writes dirty entries
+//!   back first ([`write_back`]), so it sees what the entries say.
 //! - An entry lent to a closure (`with`, or a `Clone` run by `get`) keeps its
 //!   count until the closure returns, like the count a `with` frame holds on
 //!   the full path; [`lent_here`] tells writes that the field is in use, so
-//!   they are `Reentrant` as they would be there.
+//!   they are `Reentrant` as they would be there. A dirty entry is never lent
+//!   to user code (`with` writes it back first), so it is always there to
+//!   write back.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::thread::LocalKey;
 
+use crate::descriptor::FieldDesc;
 use crate::running::Owner;
-use crate::slot::Loc;
-use crate::value::{drop_contained, drop_each, end_after, Drops};
+use crate::slot::{Loc, Space};
+use crate::value::{drop_contained, drop_each, end_after, Drops, Stored};
 
-/// The count of the value an entry holds.
+/// The value an entry holds.
 pub(crate) enum Held<T: 'static> {
-    /// An inherited task-scoped value.
+    /// A count of an inherited task-scoped value.
     Shared(Arc<T>),
-    /// A thread-scoped value.
+    /// A count of a thread-scoped value.
     Thread(Rc<T>),
+    /// A value `set` wrote here and not yet into the slot (dirty).
+    Owned(T),
 }
 
 impl<T> Held<T> {
@@ -45,6 +58,7 @@ impl<T> Held<T> {
         match self {
             Held::Shared(value) => value,
             Held::Thread(value) => value,
+            Held::Owned(value) => value,
         }
     }
 }
@@ -55,13 +69,50 @@ pub(crate) struct Entry<T: 'static> {
     pub(crate) generation: u64,
     /// The task that owned the context then (checked for task scope).
     pub(crate) owner: Owner,
-    /// The field the entry answers for (its descriptor's address).
-    pub(crate) field: usize,
+    /// The field the entry answers for.
+    pub(crate) desc: &'static FieldDesc<T>,
     /// The slot and the context it was read in (0 for thread scope): what a
-    /// write checks to know the field is lent here.
+    /// write checks to know the field is lent here, and where a dirty value
+    /// goes back.
     pub(crate) loc: Loc,
     pub(crate) context: u64,
+    /// Whether `set` may write here: nothing used the field and the struct's
+    /// `init` had run when the entry was filled.
+    pub(crate) writable: bool,
     pub(crate) held: Held<T>,
+}
+
+impl<T> Entry<T> {
+    /// Whether the entry answers for `desc` now.
+    #[inline(always)]
+    fn answers(&self, generation: u64, desc: &'static FieldDesc<T>, check_owner: bool) -> bool {
+        let owned = !check_owner || self.owner == Owner::running();
+        self.generation == generation && std::ptr::eq(self.desc, desc) && owned
+    }
+}
+
+/// Takes a dirty entry's value out, as the slot stores it, with where it
+/// goes back; `keep` leaves a clean entry holding a count of it (still
+/// current), otherwise the entry is emptied.
+fn take_dirty<T: 'static>(slot: &mut Option<Entry<T>>, keep: bool) -> Option<(Loc, u64, Stored)> {
+    if !matches!(slot, Some(Entry { held: Held::Owned(_), .. })) {
+        return None;
+    }
+    let Entry { generation, owner, desc, loc, context, writable, held } = slot.take()?;
+    let Held::Owned(value) = held else { return None };
+    let (kept, stored) = match (keep, loc.space, desc.share) {
+        (true, Space::Shared, Some(share)) => {
+            let count = Arc::new(value);
+            (Some(Held::Shared(count.clone())), Stored::Shared(share(count)))
+        }
+        (true, Space::Thread, _) => {
+            let count = Rc::new(value);
+            (Some(Held::Thread(count.clone())), Stored::Thread(count))
+        }
+        _ => (None, desc.wrap(value)),
+    };
+    *slot = kept.map(|held| Entry { generation, owner, desc, loc, context, writable, held });
+    Some((loc, context, stored))
 }
 
 /// One field's cache on one thread. Made only by the derive, one per field.
@@ -70,12 +121,24 @@ pub struct Cache<T: 'static> {
     entry: RefCell<Option<Entry<T>>>,
     /// Whether the entry is in this thread's list of filled entries.
     listed: Cell<bool>,
+    /// While `update` has the entry's value: the slot and context (the
+    /// entry itself is borrowed then).
+    leased: Cell<Option<(Loc, u64)>>,
+    /// Set when the slot was rewritten while `update` had the entry's value
+    /// (a guard restoring it, say): the later write wins, the entry's value
+    /// is dropped instead of written back.
+    displaced: Cell<bool>,
 }
 
 impl<T: 'static> Cache<T> {
     /// An empty cache.
     pub const fn new() -> Cache<T> {
-        Cache { entry: RefCell::new(None), listed: Cell::new(false) }
+        Cache {
+            entry: RefCell::new(None),
+            listed: Cell::new(false),
+            leased: Cell::new(None),
+            displaced: Cell::new(false),
+        }
     }
 }
 
@@ -96,8 +159,8 @@ impl<T: 'static> Default for Cache<T> {
     }
 }
 
-/// How many entries one thread lists at a time; a read of a field beyond
-/// that takes the full path until the next change of state lets go of them.
+/// How many entries one thread lists at a time; a field beyond that takes
+/// the full path until the next change of state lets go of them.
 const ROOM: usize = 32;
 
 /// The thread's generation number and its filled entries (those filled since
@@ -106,13 +169,20 @@ const ROOM: usize = 32;
 /// thread exit.
 struct Generation {
     number: Cell<u64>,
+    /// Whether some listed entry may be dirty.
+    dirty: Cell<bool>,
     len: Cell<usize>,
     filled: [Cell<Option<&'static dyn Listed>>; ROOM],
 }
 
 thread_local! {
     static GENERATION: Generation = const {
-        Generation { number: Cell::new(1), len: Cell::new(0), filled: [const { Cell::new(None) }; ROOM] }
+        Generation {
+            number: Cell::new(1),
+            dirty: Cell::new(false),
+            len: Cell::new(0),
+            filled: [const { Cell::new(None) }; ROOM],
+        }
     };
 }
 
@@ -127,34 +197,66 @@ fn current_generation() -> u64 {
     generation()
 }
 
-/// Makes every entry on this thread stale and lets go of those not lent to a
-/// closure. Called before anything changes the thread's state.
-#[inline]
-pub(crate) fn invalidate() {
-    let any = GENERATION.with(|generation| {
+/// Where a dirty value goes back: called with the slot, the context the
+/// entry was filled in, and the value as the slot stores it.
+pub(crate) type WriteBack<'a> = &'a mut dyn FnMut(Loc, u64, Stored);
+
+/// Before a change of the thread's state: makes every entry stale. `false`
+/// if some are listed: then [`settle`] must run too.
+#[inline(always)]
+pub(crate) fn bump() -> bool {
+    GENERATION.with(|generation| {
         generation.number.set(generation.number.get() + 1);
-        generation.len.get() != 0
-    });
-    if any {
-        let_go();
-    }
+        generation.len.get() == 0
+    })
 }
 
-/// Empties the listed entries, keeping those lent to a closure listed.
+/// After [`bump`] found entries listed: writes dirty entries back and lets
+/// go of those not lent to a closure.
+pub(crate) fn settle(write_back: WriteBack<'_>) {
+    GENERATION.with(|generation| generation.dirty.set(false));
+    let_go(write_back);
+}
+
+/// Empties the listed entries (writing dirty ones back), keeping those lent
+/// to a closure listed.
 #[cold]
-fn let_go() {
+fn let_go(write_back: WriteBack<'_>) {
     GENERATION.with(|generation| {
         let len = generation.len.replace(0);
         for at in 0..len {
             let Some(entry) = generation.filled[at].take() else { continue };
-            // `empty` may run no user code that lists an entry: the count it
-            // drops is not the last (the slot still holds one).
-            if !entry.empty() {
+            // Runs no user code: a count it drops is not the last (the slot
+            // still holds one), a dirty value goes back to its slot.
+            if !entry.settle(write_back) {
                 let keep = generation.len.get();
                 generation.filled[keep].set(Some(entry));
                 generation.len.set(keep + 1);
+                // `update` may have it, dirty: written back when it returns.
+                generation.dirty.set(true);
             }
         }
+    });
+}
+
+/// Whether some entry may hold a value its slot does not have yet.
+#[inline]
+pub(crate) fn any_dirty() -> bool {
+    GENERATION.with(|generation| generation.dirty.get())
+}
+
+/// Writes dirty entries back, leaving them current and clean: before the
+/// state is read other than through an entry.
+#[cold]
+pub(crate) fn write_back(write_back: WriteBack<'_>) {
+    GENERATION.with(|generation| {
+        let mut still = false;
+        for entry in &generation.filled[..generation.len.get()] {
+            if let Some(entry) = entry.get() {
+                still |= !entry.write_back(write_back);
+            }
+        }
+        generation.dirty.set(still);
     });
 }
 
@@ -174,33 +276,90 @@ fn list(entry: &'static dyn Listed) -> bool {
 /// Whether a closure on this thread is using the field in `loc`, in the
 /// context `context`, through a cache entry.
 pub(crate) fn lent_here(loc: Loc, context: u64) -> bool {
+    lent(loc, context).is_some()
+}
+
+/// Whether `update` has the value of the field in `loc`, in the context
+/// `context`, through a cache entry: then the field is out of the context
+/// while its closure runs.
+pub(crate) fn leased_here(loc: Loc, context: u64) -> bool {
+    lent(loc, context) == Some(Lent::Leased)
+}
+
+fn lent(loc: Loc, context: u64) -> Option<Lent> {
     GENERATION.with(|generation| {
         let listed = generation.filled[..generation.len.get()].iter();
-        listed.filter_map(|entry| entry.get()).any(|entry| entry.lent() == Some((loc, context)))
+        listed.filter_map(Cell::get).find_map(|entry| match entry.lent() {
+            Some((at, within, how)) if at == loc && within == context => Some(how),
+            _ => None,
+        })
     })
+}
+
+/// The slots `update` has the values of, in the context `context`.
+pub(crate) fn leased_in(context: u64) -> Vec<Loc> {
+    GENERATION.with(|generation| {
+        let listed = generation.filled[..generation.len.get()].iter();
+        let lent = listed.filter_map(Cell::get).filter_map(|entry| entry.lent());
+        lent.filter(|(_, within, how)| *within == context && *how == Lent::Leased).map(|(loc, ..)| loc).collect()
+    })
+}
+
+/// Tells an `update` that has the value of `loc` in `context` that the slot
+/// was rewritten meanwhile.
+pub(crate) fn displace(loc: Loc, context: u64) {
+    GENERATION.with(|generation| {
+        for entry in generation.filled[..generation.len.get()].iter().filter_map(Cell::get) {
+            if entry.lent() == Some((loc, context, Lent::Leased)) {
+                entry.displace();
+            }
+        }
+    });
+}
+
+/// How a closure has an entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lent {
+    /// `with` (or a `Clone` run by `get`): reads go on.
+    Read,
+    /// `update`: the value is out of the context until it returns.
+    Leased,
 }
 
 /// A filled entry, seen without its type.
 trait Listed {
-    /// Lets go of the entry; `false` if it is lent to a closure (then it
-    /// stays until the closure returns). The count dropped is not the last
-    /// (the slot still holds one): no user code runs.
-    fn empty(&'static self) -> bool;
-    /// Where and in which context the entry is lent to a closure, if it is.
-    fn lent(&'static self) -> Option<(Loc, u64)>;
+    /// Lets go of the entry, writing a dirty value back; `false` if it is
+    /// lent to a closure (then it stays until the closure returns).
+    fn settle(&'static self, write_back: WriteBack<'_>) -> bool;
+    /// Writes a dirty value back, keeping the entry current and clean;
+    /// `false` if it is lent and stays dirty.
+    fn write_back(&'static self, write_back: WriteBack<'_>) -> bool;
+    /// Where, in which context and how the entry is lent to a closure.
+    fn lent(&'static self) -> Option<(Loc, u64, Lent)>;
+    /// See [`displace`].
+    fn displace(&'static self);
 }
 
 impl<T: 'static> Listed for LocalKey<Cache<T>> {
-    fn empty(&'static self) -> bool {
+    fn settle(&'static self, write_back: WriteBack<'_>) -> bool {
         let taken = self.try_with(|cache| match cache.entry.try_borrow_mut() {
-            Ok(mut entry) => {
+            Ok(mut slot) => {
                 cache.listed.set(false);
-                Ok(entry.take())
+                let dirty = take_dirty(&mut slot, false);
+                let displaced = cache.displaced.replace(false);
+                Ok((dirty, displaced, slot.take()))
             }
             Err(_) => Err(()),
         });
         match taken {
-            Ok(Ok(entry)) => {
+            Ok(Ok((dirty, displaced, entry))) => {
+                match dirty {
+                    // A value of a type whose `Drop` runs no user code.
+                    Some((.., value)) if displaced => drop(value),
+                    Some((loc, context, value)) => write_back(loc, context, value),
+                    None => {}
+                }
+                // A count the slot also holds: no user code runs.
                 drop_contained(entry);
                 true
             }
@@ -209,13 +368,37 @@ impl<T: 'static> Listed for LocalKey<Cache<T>> {
         }
     }
 
-    fn lent(&'static self) -> Option<(Loc, u64)> {
-        self.try_with(|cache| match cache.entry.try_borrow_mut() {
-            Ok(_) => None,
-            Err(_) => cache.entry.try_borrow().ok().and_then(|entry| entry.as_ref().map(|e| (e.loc, e.context))),
+    fn write_back(&'static self, write_back: WriteBack<'_>) -> bool {
+        let dirty = self.try_with(|cache| match cache.entry.try_borrow_mut() {
+            Ok(mut slot) => Ok(take_dirty(&mut slot, true)),
+            Err(_) => Err(()),
+        });
+        match dirty {
+            Ok(Ok(Some((loc, context, value)))) => {
+                write_back(loc, context, value);
+                true
+            }
+            Ok(Ok(None)) | Err(_) => true,
+            Ok(Err(())) => false,
+        }
+    }
+
+    fn lent(&'static self) -> Option<(Loc, u64, Lent)> {
+        self.try_with(|cache| {
+            if cache.entry.try_borrow_mut().is_ok() {
+                return None;
+            }
+            match cache.entry.try_borrow() {
+                Ok(entry) => entry.as_ref().map(|e| (e.loc, e.context, Lent::Read)),
+                Err(_) => cache.leased.get().map(|(loc, context)| (loc, context, Lent::Leased)),
+            }
         })
         .ok()
         .flatten()
+    }
+
+    fn displace(&'static self) {
+        let _ = self.try_with(|cache| cache.displaced.set(true));
     }
 }
 
@@ -236,7 +419,11 @@ pub(crate) fn fill<T: 'static>(key: &'static LocalKey<Cache<T>>, entry: Entry<T>
     };
     if first && !list(key) {
         // Not listed, so nothing would let go of it: empty it again.
-        drop_each(key.empty_now());
+        let unlisted = key.try_with(|cache| {
+            cache.listed.set(false);
+            cache.entry.try_borrow_mut().ok().and_then(|mut slot| slot.take())
+        });
+        drop_each(unlisted.ok().flatten());
         drop_each(old);
         return false;
     }
@@ -244,30 +431,18 @@ pub(crate) fn fill<T: 'static>(key: &'static LocalKey<Cache<T>>, entry: Entry<T>
     true
 }
 
-trait EmptyNow<T: 'static> {
-    fn empty_now(&'static self) -> Option<Entry<T>>;
-}
-
-impl<T: 'static> EmptyNow<T> for LocalKey<Cache<T>> {
-    fn empty_now(&'static self) -> Option<Entry<T>> {
-        self.try_with(|cache| {
-            cache.listed.set(false);
-            cache.entry.try_borrow_mut().ok().and_then(|mut entry| entry.take())
-        })
-        .ok()
-        .flatten()
-    }
-}
-
-/// Runs `op` on the cached value if `key`'s entry is current for `field`
+/// Runs `op` on the cached value if `key`'s entry is current for `desc`
 /// (`check_owner`: for task scope, also that the task running now owns the
-/// context). Gives `op` back otherwise. Always inlined: the accessor names
-/// `key` as a constant, so the thread-local access compiles to a direct one.
+/// context). `dirty`: whether `op` may read a value not yet written back
+/// (only if it runs no user code). Gives `op` back otherwise. Always
+/// inlined: the accessor names `key` as a constant, so the thread-local
+/// access compiles to a direct one.
 #[inline(always)]
 pub(crate) fn read<T: 'static, R, F: FnOnce(&T) -> R>(
     key: &'static LocalKey<Cache<T>>,
-    field: usize,
+    desc: &'static FieldDesc<T>,
     check_owner: bool,
+    dirty: bool,
     op: F,
 ) -> Result<R, F> {
     let generation = generation();
@@ -279,8 +454,7 @@ pub(crate) fn read<T: 'static, R, F: FnOnce(&T) -> R>(
         let result = {
             let entry = cache.entry.try_borrow().ok()?;
             let entry = entry.as_ref()?;
-            let owned = !check_owner || entry.owner == Owner::running();
-            if entry.generation != generation || entry.field != field || !owned {
+            if !entry.answers(generation, desc, check_owner) || (!dirty && matches!(entry.held, Held::Owned(_))) {
                 return None;
             }
             op.take()?(entry.held.value())
@@ -296,6 +470,107 @@ pub(crate) fn read<T: 'static, R, F: FnOnce(&T) -> R>(
     match done {
         Ok(Some(result)) => Ok(result),
         _ => Err(op.take().expect("`op` is given back when it did not run")),
+    }
+}
+
+/// Stores `value` in `key`'s entry if it is current and writable for
+/// `desc` (see [`read`]); the entry is dirty afterwards. Gives `value` back
+/// otherwise. Only for types whose `Drop` runs no user code: the value it
+/// replaces is dropped here.
+#[inline(always)]
+pub(crate) fn write<T: 'static>(
+    key: &'static LocalKey<Cache<T>>,
+    desc: &'static FieldDesc<T>,
+    check_owner: bool,
+    value: T,
+) -> Result<(), T> {
+    let generation = generation();
+    let mut value = Some(value);
+    let old = key.try_with(|cache| {
+        let mut entry = cache.entry.try_borrow_mut().ok()?;
+        let entry = entry.as_mut()?;
+        if !entry.answers(generation, desc, check_owner) || !entry.writable {
+            return None;
+        }
+        Some(std::mem::replace(&mut entry.held, Held::Owned(value.take()?)))
+    });
+    match old {
+        Ok(Some(old)) => {
+            GENERATION.with(|generation| generation.dirty.set(true));
+            drop(old);
+            Ok(())
+        }
+        _ => Err(value.take().expect("`value` is given back when it was not stored")),
+    }
+}
+
+/// Runs `op` on the value in `key`'s entry, in place, if the entry is
+/// current and writable for `desc` (see [`write`]); the entry is dirty
+/// afterwards. While `op` runs the entry is borrowed: the field is in use
+/// (`Reentrant`) and out of the context (snapshots leave it out). Gives `op`
+/// back otherwise. Only for types whose `Clone` and `Drop` run no user code.
+///
+/// `settle` runs after `op` if the thread's state changed meanwhile (also
+/// when `op` panics), so the value goes back to its slot at once (or is
+/// dropped, if the slot was rewritten meanwhile).
+#[inline(always)]
+pub(crate) fn update<T: 'static, R, F: FnOnce(&mut T) -> R>(
+    key: &'static LocalKey<Cache<T>>,
+    desc: &'static FieldDesc<T>,
+    check_owner: bool,
+    settle: fn(),
+    op: F,
+) -> Result<R, F> {
+    let generation = generation();
+    let mut op = Some(op);
+    let done = key.try_with(|cache| {
+        // Declared first, so dropped after the borrow of the entry ends; set
+        // once the value is leased (a nested `update` that finds the entry
+        // borrowed must not end the outer one's lease).
+        let after;
+        let result = {
+            let mut slot = cache.entry.try_borrow_mut().ok()?;
+            let entry = slot.as_mut()?;
+            if !entry.answers(generation, desc, check_owner) || !entry.writable {
+                return None;
+            }
+            let unshared = match &entry.held {
+                Held::Owned(_) => None,
+                Held::Shared(count) => Some(desc.unshare?(count)),
+                Held::Thread(_) => return None,
+            };
+            if let Some(value) = unshared {
+                // A count the slot also holds: no user code runs.
+                drop(std::mem::replace(&mut entry.held, Held::Owned(value)));
+            }
+            let Held::Owned(value) = &mut entry.held else { return None };
+            GENERATION.with(|generation| generation.dirty.set(true));
+            cache.leased.set(Some((entry.loc, entry.context)));
+            after = Leased { cache, generation, settle };
+            op.take()?(value)
+        };
+        Some(end_after(after, result))
+    });
+    match done {
+        Ok(Some(result)) => Ok(result),
+        _ => Err(op.take().expect("`op` is given back when it did not run")),
+    }
+}
+
+/// Ends an `update` through an entry (see [`update`]).
+struct Leased<'c, T: 'static> {
+    cache: &'c Cache<T>,
+    generation: u64,
+    settle: fn(),
+}
+
+impl<T: 'static> Drop for Leased<'_, T> {
+    #[inline]
+    fn drop(&mut self) {
+        self.cache.leased.set(None);
+        if generation() != self.generation {
+            (self.settle)();
+        }
     }
 }
 
@@ -321,7 +596,8 @@ impl<T: 'static> Stale<T> {
     #[cold]
     fn let_go(&self) {
         // Dropped by `read` after its borrow of the entry ends: the entry may
-        // still be lent to an enclosing closure, then it stays listed.
+        // still be lent to an enclosing closure, then it stays listed. A
+        // stale entry is never dirty (see `settle`).
         let stale = self.key.try_with(|cache| {
             let mut entry = cache.entry.try_borrow_mut().ok()?;
             if entry.as_ref().is_some_and(|entry| entry.generation != generation()) {

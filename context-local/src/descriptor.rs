@@ -81,6 +81,10 @@ pub struct FieldDesc<T: 'static> {
     /// For an inherited field: a stored count as `Arc<T>` (the downcast
     /// needs `T: Send + Sync`, which only `shared` can name).
     pub(crate) typed_arc: fn(SharedArc) -> Option<Arc<T>>,
+    /// For an inherited field: a typed count as the map stores it.
+    pub(crate) share: Option<fn(Arc<T>) -> SharedArc>,
+    /// For an inherited field: `T::clone` (for `update` through the cache).
+    pub(crate) unshare: Option<fn(&T) -> T>,
     /// For `#[context_local(log)]` fields: the key in log lines and how the
     /// value is formatted.
     pub(crate) log: Option<(&'static str, FormatFn<T>)>,
@@ -97,6 +101,8 @@ impl<T: 'static> FieldDesc<T> {
     {
         FieldDesc {
             typed_arc: typed_arc::<T>,
+            share: Some(share::<T>),
+            unshare: Some(T::clone),
             ..FieldDesc::build(name, owner, Space::Shared, default, wrap_shared::<T>)
         }
     }
@@ -128,6 +134,8 @@ impl<T: 'static> FieldDesc<T> {
             default,
             wrap,
             typed_arc: no_arc::<T>,
+            share: None,
+            unshare: None,
             log: None,
             baggage: None,
         }
@@ -171,6 +179,10 @@ fn wrap_shared<T: TaskValue + InheritedValue>(value: T) -> Stored {
 
 fn typed_arc<T: TaskValue + InheritedValue>(count: SharedArc) -> Option<Arc<T>> {
     <dyn SharedValue as SharedValue>::into_any(count).downcast::<T>().ok()
+}
+
+fn share<T: TaskValue + InheritedValue>(count: Arc<T>) -> SharedArc {
+    count
 }
 
 fn no_arc<T>(_: SharedArc) -> Option<Arc<T>> {

@@ -181,7 +181,7 @@ impl<T: 'static> Field<T> {
     where
         T: Clone,
     {
-        match self.cached(T::clone) {
+        match self.cached(plain_clone::<T>(), T::clone) {
             Ok(value) => Ok(value),
             Err(clone) => self.get_uncached(clone),
         }
@@ -209,7 +209,7 @@ impl<T: 'static> Field<T> {
     /// ```
     #[track_caller]
     pub fn set(&self, value: T) {
-        drop_contained(expect(self.write(Some(value))));
+        expect(self.store(value));
     }
 
     /// Stores `value` and returns the previous value.
@@ -367,7 +367,7 @@ impl<T: 'static> Field<T> {
     /// assert_eq!(err, AccessError::Unset { field: "Request::path" });
     /// ```
     pub fn try_with<R>(&self, f: impl FnOnce(&T) -> R) -> Result<R, AccessError> {
-        match self.cached(f) {
+        match self.cached(false, f) {
             Ok(result) => Ok(result),
             Err(f) => self.with_uncached(f),
         }
@@ -484,7 +484,7 @@ impl<T: 'static> Field<T> {
     /// assert_eq!(Request::user().get(), Some(5));
     /// ```
     pub fn try_set(&self, value: T) -> Result<(), AccessError> {
-        self.write(Some(value)).map(drop_contained)
+        self.store(value)
     }
 
     /// Like [`replace`](Field::replace), with misuse as an error.
@@ -614,18 +614,58 @@ impl<T: 'static> Field<T> {
 
     /// `op` run on the value in this thread's cache entry, if the entry is
     /// current; `op` back otherwise.
+    ///
+    /// `plain`: `op` runs no user code (a clone of a standard type), so it
+    /// may read a value `set` left in the entry; user code never sees such a
+    /// value through a borrow of the entry (it is written back first).
     #[inline(always)]
-    fn cached<R, F: FnOnce(&T) -> R>(&self, op: F) -> Result<R, F> {
+    fn cached<R, F: FnOnce(&T) -> R>(&self, plain: bool, op: F) -> Result<R, F> {
         match self.cache {
-            Some(key) => cache::read(key, self.identity(), self.desc.slot.space() != Space::Thread, op),
+            Some(key) => cache::read(key, self.desc, self.task_scoped(), plain, op),
             None => Err(op),
         }
     }
 
-    /// Which field this is, for cache entries: its descriptor's address.
-    #[inline]
-    fn identity(&self) -> usize {
-        std::ptr::from_ref(self.desc) as usize
+    /// `set`: into the cache entry when the type's `Drop` runs no user code
+    /// and the entry is current and writable; the full path otherwise.
+    #[inline(always)]
+    fn store(&self, value: T) -> Result<(), AccessError> {
+        let value = match (self.cache, plain_clone::<T>()) {
+            (Some(key), true) => match cache::write(key, self.desc, self.task_scoped(), value) {
+                Ok(()) => return Ok(()),
+                Err(value) => value,
+            },
+            _ => value,
+        };
+        self.store_uncached(value)
+    }
+
+    #[inline(never)]
+    fn store_uncached(&self, value: T) -> Result<(), AccessError> {
+        // A value is here to fill the entry from: write into the entry, so
+        // the context is not copied now (a snapshot may share it) but once,
+        // when it is next looked at.
+        let value = match self.cache {
+            Some(key) if plain_clone::<T>() && self.fill_cache() => {
+                match cache::write(key, self.desc, self.task_scoped(), value) {
+                    Ok(()) => return Ok(()),
+                    Err(value) => value,
+                }
+            }
+            _ => value,
+        };
+        drop_contained(self.write(Some(value))?);
+        if plain_clone::<T>() {
+            // So that the next `set` here writes into the entry.
+            self.fill_cache();
+        }
+        Ok(())
+    }
+
+    /// Whether the field lives in a context (not in the thread).
+    #[inline(always)]
+    fn task_scoped(&self) -> bool {
+        self.desc.slot.space() != Space::Thread
     }
 
     /// `get` when the cache could not answer: fills it and answers from it,
@@ -636,7 +676,7 @@ impl<T: 'static> Field<T> {
         T: Clone,
     {
         let clone = match self.fill_cache() {
-            true => match self.cached(clone) {
+            true => match self.cached(plain_clone::<T>(), clone) {
                 Ok(value) => return Ok(value),
                 Err(clone) => clone,
             },
@@ -649,7 +689,7 @@ impl<T: 'static> Field<T> {
     #[inline(never)]
     fn with_uncached<R>(&self, f: impl FnOnce(&T) -> R) -> Result<R, AccessError> {
         let f = match self.fill_cache() {
-            true => match self.cached(f) {
+            true => match self.cached(false, f) {
                 Ok(result) => return Ok(result),
                 Err(f) => f,
             },
@@ -667,7 +707,7 @@ impl<T: 'static> Field<T> {
         let loc = self.loc();
         let name = self.desc.name;
         let generation = cache::generation();
-        let field = self.identity();
+        let desc = self.desc;
         let entry = state::for_cache(|state| {
             state.check_scope(name, loc.space).ok()?;
             state.check_readable(loc, name).ok()?;
@@ -679,10 +719,21 @@ impl<T: 'static> Field<T> {
                 Space::Thread => Held::Thread(state.thread_rc(loc.index)?.clone().downcast::<T>().ok()?),
                 Space::Local => return None,
             };
+            let writable = self.writable_here(state, loc);
             let context = state.context_for_cache(loc);
-            Some(Entry { generation, owner: state.owner, field, loc, context, held })
+            Some(Entry { generation, owner: state.owner, desc, loc, context, writable, held })
         });
         entry.is_some_and(|entry| cache::fill(key, entry))
+    }
+
+    /// Whether `set` could store here without running anything first: no
+    /// closure uses the field, and the struct's `init` has run.
+    fn writable_here(&self, state: &ThreadState, loc: Loc) -> bool {
+        let initialised = match self.desc.owner.init_loc() {
+            Some(marker) => state.check_free(marker, self.desc.name).is_ok() && state.contains(marker),
+            None => true,
+        };
+        initialised && state.check_free(loc, self.desc.name).is_ok()
     }
 
     fn unset(&self) -> AccessError {
@@ -873,7 +924,27 @@ impl<T: 'static> Field<T> {
 
     /// Moves the value out of storage, runs `op` on it, and puts it back
     /// (also when `op` panics), unless the slot was rewritten meanwhile.
-    fn modify<F: FnOnce() -> T, R>(&self, mut fill: Fill<F>, op: impl FnOnce(&mut T) -> R) -> Result<R, AccessError> {
+    fn modify<F: FnOnce() -> T, R>(&self, fill: Fill<F>, op: impl FnOnce(&mut T) -> R) -> Result<R, AccessError> {
+        let op = match (self.cache, plain_clone::<T>()) {
+            (Some(key), true) => match cache::update(key, self.desc, self.task_scoped(), settle_state, op) {
+                Ok(result) => return Ok(result),
+                Err(op) => op,
+            },
+            _ => op,
+        };
+        let result = self.modify_uncached(fill, op);
+        if result.is_ok() && plain_clone::<T>() {
+            // So that the next `update` here works in the entry.
+            self.fill_cache();
+        }
+        result
+    }
+
+    fn modify_uncached<F: FnOnce() -> T, R>(
+        &self,
+        mut fill: Fill<F>,
+        op: impl FnOnce(&mut T) -> R,
+    ) -> Result<R, AccessError> {
         // `init` or `default` may panic before `op` runs (see `write`).
         let op = Contained::new(op);
         let loc = self.loc();
@@ -951,6 +1022,12 @@ impl<T: 'static> Field<T> {
             end_after(hold, result)
         }))
     }
+}
+
+/// Writes the cache's entries back after an `update` through one of them,
+/// when the thread's state changed while its closure ran.
+fn settle_state() {
+    let _ = with_state(|_| ());
 }
 
 /// How many times an access looks again after making a missing value appear:

@@ -113,6 +113,7 @@ pub(crate) fn read<R>(
     space: Space,
     f: impl FnOnce(&ThreadState) -> Result<R, AccessError>,
 ) -> Result<R, AccessError> {
+    write_back_dirty();
     STATE
         .try_with(|cell| {
             let state = cell.try_borrow().map_err(|_| AccessError::Reentrant { field })?;
@@ -142,10 +143,12 @@ pub(crate) fn write<R>(
 /// so this is where the read cache goes stale (see `cache.rs`).
 #[inline]
 pub(crate) fn with_state<R>(f: impl FnOnce(&mut ThreadState) -> R) -> Result<R, Blocked> {
-    crate::cache::invalidate();
     STATE
         .try_with(|cell| match cell.try_borrow_mut() {
-            Ok(mut state) => Ok(f(&mut state)),
+            Ok(mut state) => {
+                state.settle_cache();
+                Ok(f(&mut state))
+            }
             Err(_) => Err(Blocked::Borrowed),
         })
         .unwrap_or(Err(Blocked::Destroyed))
@@ -156,12 +159,33 @@ pub(crate) fn with_state<R>(f: impl FnOnce(&mut ThreadState) -> R) -> Result<R, 
 /// without making the cache stale. `f` must run no user code.
 #[inline]
 pub(crate) fn for_cache<R>(f: impl FnOnce(&mut ThreadState) -> Option<R>) -> Option<R> {
-    STATE.try_with(|cell| cell.try_borrow_mut().ok().and_then(|mut state| f(&mut state))).ok().flatten()
+    let filled = STATE.try_with(|cell| {
+        let mut state = cell.try_borrow_mut().ok()?;
+        if crate::cache::any_dirty() {
+            state.write_back_cache();
+        }
+        f(&mut state)
+    });
+    filled.ok().flatten()
+}
+
+/// Writes the cache's dirty entries back, if there are any, before the
+/// state is looked at other than through an entry.
+#[inline]
+fn write_back_dirty() {
+    if crate::cache::any_dirty() {
+        let _ = STATE.try_with(|cell| {
+            if let Ok(mut state) = cell.try_borrow_mut() {
+                state.write_back_cache();
+            }
+        });
+    }
 }
 
 /// Runs `f` on this thread's state, borrowed shared, without scope checks.
 #[inline]
 pub(crate) fn peek_state<R>(f: impl FnOnce(&ThreadState) -> R) -> Result<R, Blocked> {
+    write_back_dirty();
     STATE
         .try_with(|cell| match cell.try_borrow() {
             Ok(state) => Ok(f(&state)),
@@ -171,6 +195,42 @@ pub(crate) fn peek_state<R>(f: impl FnOnce(&ThreadState) -> R) -> Result<R, Bloc
 }
 
 impl ThreadState {
+    /// Before a change: the cache's dirty entries go back to their slots and
+    /// every entry goes stale (see `cache.rs`).
+    #[inline(always)]
+    fn settle_cache(&mut self) {
+        if !crate::cache::bump() {
+            self.settle_listed();
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn settle_listed(&mut self) {
+        let mut displaced = Vec::new();
+        crate::cache::settle(&mut |loc, context, value| displaced.extend(self.write_back(loc, context, value)));
+        // Values of types whose `Drop` runs no user code.
+        drop(displaced);
+    }
+
+    /// Writes the cache's dirty entries back, leaving them current.
+    #[cold]
+    fn write_back_cache(&mut self) {
+        let mut displaced = Vec::new();
+        crate::cache::write_back(&mut |loc, context, value| displaced.extend(self.write_back(loc, context, value)));
+        drop(displaced);
+    }
+
+    /// Stores a value a cache entry held for `loc` in `context`; returns what
+    /// is left to drop (the value displaced, or this one if the context is
+    /// no longer the one here, which no path allows).
+    fn write_back(&mut self, loc: Loc, context: u64, value: Stored) -> Option<Stored> {
+        if self.context_of(loc) != context {
+            return Some(value);
+        }
+        self.insert(loc, value)
+    }
+
     /// Fails with `Unscoped` if a task-scoped access comes from a task other
     /// than the one that installed the current context.
     #[inline]
@@ -214,8 +274,21 @@ impl ThreadState {
     pub(crate) fn check_readable(&self, loc: Loc, field: &'static str) -> Result<(), AccessError> {
         match self.use_of(loc) {
             Some(Busy { how: Use::Write | Use::Init, .. }) => Err(AccessError::Reentrant { field }),
+            _ if crate::cache::leased_here(loc, self.context_of(loc)) => Err(AccessError::Reentrant { field }),
             _ => Ok(()),
         }
+    }
+
+    /// A snapshot of the current context, without the values `update`
+    /// closures have out of it right now through the cache (as they would
+    /// be out of the slot on the full path).
+    pub(crate) fn snapshot(&self) -> Context {
+        let mut snapshot = self.current.snapshot();
+        for loc in crate::cache::leased_in(self.current.id_if_drawn()) {
+            // A count the context also holds: no user code runs.
+            drop(snapshot.remove(loc));
+        }
+        snapshot
     }
 
     /// Fails with `Reentrant` if a closure is using `loc` here at all (on
@@ -314,10 +387,11 @@ impl ThreadState {
     }
 
     fn mark_displaced(&mut self, loc: Loc) {
+        let context = self.context_of(loc);
+        crate::cache::displace(loc, context);
         if self.busy.is_empty() {
             return;
         }
-        let context = self.context_of(loc);
         for busy in self.busy.iter_mut().filter(|busy| busy.loc == loc && busy.context == context) {
             if matches!(busy.how, Use::Lent(_) | Use::Write) {
                 busy.displaced = true;
@@ -418,8 +492,10 @@ impl ThreadState {
 
 impl Drop for ThreadState {
     fn drop(&mut self) {
-        // No cache entry may answer from here on.
-        crate::cache::invalidate();
+        // No cache entry may answer from here on. Their dirty values are of
+        // types whose `Drop` runs no user code: dropped, not written back.
+        crate::cache::bump();
+        crate::cache::settle(&mut |_, _, value| drop(value));
         // The thread is exiting and this thread-local is marked destroyed, so
         // any access from the destructors below is `Destroyed`, and installing
         // a context is impossible: the current context drops its values one by

@@ -32,7 +32,7 @@ impl Context {
     /// assert_eq!(Request::id().get(), Some(1));
     /// ```
     pub fn current() -> Context {
-        let snapshot = peek_state(|state| if state.unscoped() { Context::new() } else { state.current.snapshot() });
+        let snapshot = peek_state(|state| if state.unscoped() { Context::new() } else { state.snapshot() });
         snapshot.unwrap_or_default()
     }
 
@@ -93,8 +93,10 @@ impl<'a> Installed<'a> {
         }
     }
 
-    /// Installs `context` if the state can be had.
-    #[inline]
+    /// Installs `context` if the state can be had. Always inlined: returned
+    /// through the stack, the guard's words were written and read back in
+    /// different widths, a stall on every poll (seen with `perf annotate`).
+    #[inline(always)]
     pub(crate) fn try_new(context: &'a mut Context) -> Result<Installed<'a>, (&'a mut Context, Blocked)> {
         let owner = Owner::running();
         let swapped = with_state(|state| {

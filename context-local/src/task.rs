@@ -194,7 +194,7 @@ mod with_tokio {
         F: FnOnce() -> R + Send + 'static,
         R: Send + 'static,
     {
-        let started = with_state(|state| (!state.unscoped()).then(|| (state.current.snapshot(), state.current.id())));
+        let started = with_state(|state| (!state.unscoped()).then(|| (state.snapshot(), state.current.id())));
         let (mut context, started_in) = match started {
             Ok(Some(started)) => started,
             // Moved into a task of its own since the call: nothing to read.

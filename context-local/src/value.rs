@@ -125,6 +125,10 @@ pub(crate) fn plain_clone<T: 'static>() -> bool {
         || t == TypeId::of::<Option<String>>()
         || t == TypeId::of::<Vec<String>>()
         || t == TypeId::of::<Vec<u8>>()
+        || t == TypeId::of::<Vec<u32>>()
+        || t == TypeId::of::<Vec<u64>>()
+        || t == TypeId::of::<Vec<i32>>()
+        || t == TypeId::of::<Vec<i64>>()
 }
 
 /// The marker stored in a struct's init slot once `init` has run.
