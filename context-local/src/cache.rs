@@ -459,7 +459,8 @@ pub(crate) fn read<T: 'static, R, F: FnOnce(&T) -> R>(
             }
             op.take()?(entry.held.value())
         };
-        if current_generation() == stale.generation {
+        // An `op` that runs no user code (`dirty`) cannot change the state.
+        if dirty || current_generation() == stale.generation {
             std::mem::forget(stale);
             return Some(result);
         }
@@ -549,6 +550,11 @@ pub(crate) fn update<T: 'static, R, F: FnOnce(&mut T) -> R>(
             after = Leased { cache, generation, settle };
             op.take()?(value)
         };
+        if current_generation() == generation {
+            // Nothing to settle: ending the lease runs no user code.
+            drop(after);
+            return Some(result);
+        }
         Some(end_after(after, result))
     });
     match done {

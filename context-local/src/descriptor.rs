@@ -5,6 +5,7 @@
 
 use std::fmt;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::baggage_codec::BaggageCodec;
@@ -85,6 +86,10 @@ pub struct FieldDesc<T: 'static> {
     pub(crate) share: Option<fn(Arc<T>) -> SharedArc>,
     /// For an inherited field: `T::clone` (for `update` through the cache).
     pub(crate) unshare: Option<fn(&T) -> T>,
+    /// The one cache entries of this field live in: the first a `Field`
+    /// filled (the derive gives each field one). Two caches for one field
+    /// would each answer from what they last saw.
+    cache: AtomicUsize,
     /// For `#[context_local(log)]` fields: the key in log lines and how the
     /// value is formatted.
     pub(crate) log: Option<(&'static str, FormatFn<T>)>,
@@ -136,6 +141,7 @@ impl<T: 'static> FieldDesc<T> {
             typed_arc: no_arc::<T>,
             share: None,
             unshare: None,
+            cache: AtomicUsize::new(0),
             log: None,
             baggage: None,
         }
@@ -149,6 +155,14 @@ impl<T: 'static> FieldDesc<T> {
     /// Marks the field as a W3C Baggage member (`#[context_local(baggage)]`).
     pub const fn baggage(self, codec: BaggageCodec<T>) -> Self {
         FieldDesc { baggage: Some(codec), ..self }
+    }
+
+    /// Whether `cache` is this field's cache (the first one asked about).
+    pub(crate) fn owns_cache(&self, cache: usize) -> bool {
+        match self.cache.compare_exchange(0, cache, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => true,
+            Err(owner) => owner == cache,
+        }
     }
 
     /// `value` in the form this field's space stores.

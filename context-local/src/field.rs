@@ -208,6 +208,7 @@ impl<T: 'static> Field<T> {
     /// assert_eq!(Request::user().get(), Some(7));
     /// ```
     #[track_caller]
+    #[inline]
     pub fn set(&self, value: T) {
         expect(self.store(value));
     }
@@ -341,6 +342,7 @@ impl<T: 'static> Field<T> {
     /// assert_eq!(Request::path().with(|p| p.starts_with("/users")), Some(true));
     /// ```
     #[track_caller]
+    #[inline]
     pub fn with<R>(&self, f: impl FnOnce(&T) -> R) -> Option<R> {
         settle(self.try_with(f))
     }
@@ -366,6 +368,7 @@ impl<T: 'static> Field<T> {
     /// let err = Request::path().try_with(|p| p.len()).unwrap_err();
     /// assert_eq!(err, AccessError::Unset { field: "Request::path" });
     /// ```
+    #[inline]
     pub fn try_with<R>(&self, f: impl FnOnce(&T) -> R) -> Result<R, AccessError> {
         match self.cached(false, f) {
             Ok(result) => Ok(result),
@@ -427,6 +430,7 @@ impl<T: 'static> Field<T> {
     /// Counter::hits().set(1);
     /// assert_eq!(Counter::hits().try_update(|h| { *h += 1; *h }), Ok(2));
     /// ```
+    #[inline]
     pub fn try_update<R>(&self, f: impl FnOnce(&mut T) -> R) -> Result<R, AccessError> {
         self.modify(Fill::<fn() -> T>::Default, f)
     }
@@ -483,6 +487,7 @@ impl<T: 'static> Field<T> {
     /// assert_eq!(Request::user().try_set(5), Ok(()));
     /// assert_eq!(Request::user().get(), Some(5));
     /// ```
+    #[inline]
     pub fn try_set(&self, value: T) -> Result<(), AccessError> {
         self.store(value)
     }
@@ -704,6 +709,9 @@ impl<T: 'static> Field<T> {
         let Some(key) = self.cache else {
             return false;
         };
+        if !self.desc.owns_cache(std::ptr::from_ref(key) as usize) {
+            return false;
+        }
         let loc = self.loc();
         let name = self.desc.name;
         let generation = cache::generation();
@@ -924,17 +932,29 @@ impl<T: 'static> Field<T> {
 
     /// Moves the value out of storage, runs `op` on it, and puts it back
     /// (also when `op` panics), unless the slot was rewritten meanwhile.
+    /// Inlined: the accessor names the cache as a constant, so the
+    /// thread-local access compiles to a direct one.
+    #[inline(always)]
     fn modify<F: FnOnce() -> T, R>(&self, fill: Fill<F>, op: impl FnOnce(&mut T) -> R) -> Result<R, AccessError> {
-        let op = match (self.cache, plain_clone::<T>()) {
+        match (self.cache, plain_clone::<T>()) {
             (Some(key), true) => match cache::update(key, self.desc, self.task_scoped(), settle_state, op) {
-                Ok(result) => return Ok(result),
-                Err(op) => op,
+                Ok(result) => Ok(result),
+                Err(op) => self.modify_filling(fill, op),
             },
-            _ => op,
-        };
+            _ => self.modify_uncached(fill, op),
+        }
+    }
+
+    /// `modify` on the full path, then filling the cache entry, so that the
+    /// next `update` here works in it.
+    #[inline(never)]
+    fn modify_filling<F: FnOnce() -> T, R>(
+        &self,
+        fill: Fill<F>,
+        op: impl FnOnce(&mut T) -> R,
+    ) -> Result<R, AccessError> {
         let result = self.modify_uncached(fill, op);
-        if result.is_ok() && plain_clone::<T>() {
-            // So that the next `update` here works in the entry.
+        if result.is_ok() {
             self.fill_cache();
         }
         result

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::private::{Batch, FieldDesc, Parts, Space, StructDesc};
+use crate::private::{Batch, Cache, FieldDesc, Parts, Space, StructDesc};
 use crate::{AccessError, Context, ContextLocal, Field};
 
 struct Request {
@@ -23,12 +23,23 @@ static REQUEST: StructDesc = StructDesc::new("Request", Space::Shared, Some(init
 static REQUEST_ID: FieldDesc<u64> = FieldDesc::shared("Request::id", &REQUEST, None);
 static REQUEST_CONN: FieldDesc<String> = FieldDesc::local("Request::conn", &REQUEST, None);
 
+/// A field with its cache, as the derive makes it: one thread-local per
+/// field, named where the accessor is.
+macro_rules! cached {
+    ($desc:expr, $ty:ty) => {{
+        thread_local! {
+            static CACHE: Cache<$ty> = const { Cache::new() };
+        }
+        Field::__cached(&$desc, &CACHE)
+    }};
+}
+
 impl Request {
-    const fn id() -> Field<u64> {
-        Field::__new(&REQUEST_ID)
+    fn id() -> Field<u64> {
+        cached!(REQUEST_ID, u64)
     }
-    const fn conn() -> Field<String> {
-        Field::__new(&REQUEST_CONN)
+    fn conn() -> Field<String> {
+        cached!(REQUEST_CONN, String)
     }
 }
 
@@ -51,6 +62,10 @@ struct PerThread {
 
 static PER_THREAD: StructDesc = StructDesc::new("PerThread", Space::Thread, None, &[&PER_THREAD_HITS]);
 static PER_THREAD_HITS: FieldDesc<u32> = FieldDesc::thread("PerThread::hits", &PER_THREAD, Some(|| 0));
+
+fn per_thread_hits() -> Field<u32> {
+    cached!(PER_THREAD_HITS, u32)
+}
 
 impl ContextLocal for PerThread {
     fn __descriptor() -> &'static StructDesc {
@@ -83,7 +98,7 @@ fn task_scope_init_snapshot_and_no_inherit() {
 #[test]
 fn thread_scope_default_and_errors() {
     std::thread::spawn(|| {
-        let hits = Field::__new(&PER_THREAD_HITS);
+        let hits = per_thread_hits();
         assert_eq!(hits.get(), Some(0));
         hits.update(|h| *h += 2);
         assert_eq!(Context::new().run(|| hits.get()), Some(2), "thread scope ignores contexts");
@@ -197,8 +212,24 @@ impl ContextLocal for Shared {
     }
 }
 
-fn field<T>(desc: &'static FieldDesc<T>) -> Field<T> {
-    Field::__new(desc)
+fn pair_a() -> Field<Probe> {
+    cached!(PAIR_A, Probe)
+}
+
+fn pair_b() -> Field<Probe> {
+    cached!(PAIR_B, Probe)
+}
+
+fn shared_x() -> Field<Probe> {
+    cached!(SHARED_X, Probe)
+}
+
+fn shared_y() -> Field<Probe> {
+    cached!(SHARED_Y, Probe)
+}
+
+fn watcher() -> Field<Watcher> {
+    cached!(WATCH_WATCHER, Watcher)
 }
 
 /// Runs `f` on a fresh thread, so thread-locals and root contexts start empty.
@@ -210,12 +241,12 @@ fn on_thread<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
 fn a_guard_dropped_inside_nested_with_leaves_the_lent_value_alive() {
     on_thread(|| {
         let guard = Pair { a: Probe::new(1), b: Probe::new(2) }.enter();
-        let seen = field(&PAIR_A).with(move |a| {
-            field(&PAIR_B).with(move |_| drop(guard));
+        let seen = pair_a().with(move |a| {
+            pair_b().with(move |_| drop(guard));
             a.id
         });
         assert_eq!(seen, Some(1), "the value lent to the outer closure was read after the guard restored");
-        assert!(!field(&PAIR_A).is_set() && !field(&PAIR_B).is_set(), "the guard's restore won");
+        assert!(!pair_a().is_set() && !pair_b().is_set(), "the guard's restore won");
         assert_eq!(dropped(), [1, 2], "each value dropped once, after the closures ended");
     });
 }
@@ -224,13 +255,13 @@ fn a_guard_dropped_inside_nested_with_leaves_the_lent_value_alive() {
 fn a_guard_dropped_inside_with_of_inherited_and_no_inherit_fields() {
     on_thread(|| {
         let guard = Shared { x: Probe::new(1), y: Probe::new(2) }.enter();
-        let seen = field(&SHARED_Y).with(move |y| {
-            let inner = field(&SHARED_Y).with(|again| again.id);
-            field(&SHARED_X).with(move |_| drop(guard));
-            (y.id, inner, field(&SHARED_Y).is_set())
+        let seen = shared_y().with(move |y| {
+            let inner = shared_y().with(|again| again.id);
+            shared_x().with(move |_| drop(guard));
+            (y.id, inner, shared_y().is_set())
         });
         assert_eq!(seen, Some((2, Some(2), false)), "nested reads see the lent value until the restore");
-        assert!(!field(&SHARED_X).is_set() && !field(&SHARED_Y).is_set());
+        assert!(!shared_x().is_set() && !shared_y().is_set());
         assert_eq!(dropped(), [1, 2]);
     });
 }
@@ -238,15 +269,15 @@ fn a_guard_dropped_inside_with_of_inherited_and_no_inherit_fields() {
 #[test]
 fn a_restore_inside_update_wins_over_the_updated_value() {
     on_thread(|| {
-        field(&SHARED_X).set(Probe::new(1));
+        shared_x().set(Probe::new(1));
         let guard = Shared { x: Probe::new(2), y: Probe::new(3) }.enter();
-        let updated = field(&SHARED_X).update(move |x| {
+        let updated = shared_x().update(move |x| {
             drop(guard);
             x.id = 20;
             x.id
         });
         assert_eq!(updated, Some(20));
-        assert_eq!(field(&SHARED_X).with(|x| x.id), Some(1), "the restored value stays");
+        assert_eq!(shared_x().with(|x| x.id), Some(1), "the restored value stays");
         assert_eq!(dropped(), [3, 20], "the updated value was dropped, not put back");
     });
 }
@@ -254,12 +285,12 @@ fn a_restore_inside_update_wins_over_the_updated_value() {
 #[test]
 fn a_guard_dropped_in_another_context_changes_nothing_there() {
     on_thread(|| {
-        field(&SHARED_X).set(Probe::new(7));
+        shared_x().set(Probe::new(7));
         let mut ctx = Context::new();
         let guard = ctx.run(|| Shared { x: Probe::new(1), y: Probe::new(2) }.enter());
         drop(guard);
-        assert_eq!(field(&SHARED_X).with(|x| x.id), Some(7));
-        assert_eq!(ctx.run(|| field(&SHARED_X).with(|x| x.id)), Some(1), "the guard's own context kept its values");
+        assert_eq!(shared_x().with(|x| x.id), Some(7));
+        assert_eq!(ctx.run(|| shared_x().with(|x| x.id)), Some(1), "the guard's own context kept its values");
         assert_eq!(dropped(), Vec::<u32>::new(), "nothing was restored, so nothing was displaced");
         drop(ctx);
         assert_eq!(dropped(), [1, 2]);
@@ -269,16 +300,16 @@ fn a_guard_dropped_in_another_context_changes_nothing_there() {
 #[test]
 fn several_panicking_destructors_are_each_contained() {
     on_thread(|| {
-        field(&SHARED_X).set(Probe::panicky(1));
-        field(&SHARED_Y).set(Probe::panicky(2));
+        shared_x().set(Probe::panicky(1));
+        shared_y().set(Probe::panicky(2));
         let cleared = std::panic::catch_unwind(|| Shared::clear());
         assert!(cleared.is_err(), "the first panic reaches the caller");
         assert_eq!(dropped(), [1, 2], "both values were dropped");
 
         let mut ctx = Context::new();
         ctx.run(|| {
-            field(&SHARED_X).set(Probe::panicky(3));
-            field(&SHARED_Y).set(Probe::panicky(4));
+            shared_x().set(Probe::panicky(3));
+            shared_y().set(Probe::panicky(4));
         });
         assert!(std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ctx.clear())).is_err());
         assert_eq!(dropped(), [3, 4]);
@@ -290,7 +321,7 @@ fn a_panicking_destructor_during_unwinding_does_not_abort() {
     on_thread(|| {
         let guard = Pair { a: Probe::panicky(1), b: Probe::new(2) }.enter();
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            field(&PAIR_A).with(move |_| {
+            pair_a().with(move |_| {
                 drop(guard);
                 panic!("the closure panics while it holds the last count of a panicking value");
             })
@@ -303,13 +334,13 @@ fn a_panicking_destructor_during_unwinding_does_not_abort() {
 #[test]
 fn values_with_panicking_destructors_are_dropped_at_thread_exit() {
     let ids = on_thread(|| {
-        field(&SHARED_X).set(Probe::panicky(1));
-        field(&PAIR_A).set(Probe::panicky(2));
-        field(&PAIR_B).set(Probe::panicky(3));
+        shared_x().set(Probe::panicky(1));
+        pair_a().set(Probe::panicky(2));
+        pair_b().set(Probe::panicky(3));
         std::thread::spawn(|| {
-            field(&SHARED_X).set(Probe::panicky(4));
-            field(&SHARED_Y).set(Probe::panicky(5));
-            field(&PAIR_A).set(Probe::panicky(6));
+            shared_x().set(Probe::panicky(4));
+            shared_y().set(Probe::panicky(5));
+            pair_a().set(Probe::panicky(6));
         })
         .join()
         .expect("the thread exits without aborting the process");
@@ -325,7 +356,7 @@ static WATCHED: std::sync::Mutex<Vec<Option<u64>>> = std::sync::Mutex::new(Vec::
 
 impl Drop for Watcher {
     fn drop(&mut self) {
-        WATCHED.lock().unwrap().push(field(&REQUEST_ID).get());
+        WATCHED.lock().unwrap().push(Request::id().get());
     }
 }
 
@@ -335,14 +366,14 @@ static WATCH_WATCHER: FieldDesc<Watcher> = FieldDesc::local("Watch::watcher", &W
 #[test]
 fn a_context_drops_its_values_inside_itself() {
     on_thread(|| {
-        field(&REQUEST_ID).set(1);
+        Request::id().set(1);
         let mut ctx = Context::new();
         ctx.run(|| {
-            field(&REQUEST_ID).set(2);
-            field(&WATCH_WATCHER).set(Watcher);
+            Request::id().set(2);
+            watcher().set(Watcher);
         });
         drop(ctx);
-        assert_eq!(field(&REQUEST_ID).get(), Some(1), "the caller's context is back");
+        assert_eq!(Request::id().get(), Some(1), "the caller's context is back");
     });
     assert_eq!(*WATCHED.lock().unwrap(), [Some(2)], "the destructor saw its own context's sibling");
 }
@@ -350,8 +381,8 @@ fn a_context_drops_its_values_inside_itself() {
 #[test]
 fn inside_a_clone_impl_everything_works_a_guard_restores_and_a_snapshot_is_real() {
     on_thread(|| {
-        field(&SHARED_X).set(Probe::new(1));
-        field(&PAIR_A).set(Probe::new(4));
+        shared_x().set(Probe::new(1));
+        pair_a().set(Probe::new(4));
         let guard =
             std::rc::Rc::new(std::cell::RefCell::new(Some(Pair { a: Probe::new(5), b: Probe::new(6) }.enter())));
         let taken = guard.clone();
@@ -361,17 +392,59 @@ fn inside_a_clone_impl_everything_works_a_guard_restores_and_a_snapshot_is_real(
             *hook.borrow_mut() = Some(Box::new(move || {
                 *keep.borrow_mut() = Some(Context::current());
                 drop(taken.borrow_mut().take());
-                field(&SHARED_Y).set(Probe::new(7));
+                shared_y().set(Probe::new(7));
             }))
         });
-        let copy = field(&SHARED_X).get().expect("set");
+        let copy = shared_x().get().expect("set");
         assert_eq!(copy.id, 1001, "the clone came back");
-        assert_eq!(field(&PAIR_A).with(|a| a.id), Some(4), "the guard dropped inside Clone restored");
-        assert_eq!(field(&SHARED_Y).with(|y| y.id), Some(7), "a write inside Clone worked");
+        assert_eq!(pair_a().with(|a| a.id), Some(4), "the guard dropped inside Clone restored");
+        assert_eq!(shared_y().with(|y| y.id), Some(7), "a write inside Clone worked");
         let mut snapshot = snapshot.borrow_mut().take().expect("the hook ran");
-        assert_eq!(snapshot.run(|| field(&SHARED_X).with(|x| x.id)), Some(1), "a real snapshot");
+        assert_eq!(snapshot.run(|| shared_x().with(|x| x.id)), Some(1), "a real snapshot");
         assert!(guard.borrow().is_none());
         drop(copy);
         assert_eq!(dropped(), [5, 6, 1001]);
+    });
+}
+
+/// The cache composed with what can change the state under it: writes that
+/// stay in the thread's entry reach snapshots, other contexts, guards and
+/// `update`s exactly as writes to the context would; values of other types
+/// read through an entry are dropped when their slot lets go of them.
+#[test]
+fn the_cache_agrees_with_the_context_around_switches_snapshots_and_guards() {
+    on_thread(|| {
+        let mut ctx = Context::new();
+        ctx.run(|| {
+            Request::id().set(1);
+            Request::id().set(2);
+            let mut snapshot = Context::current();
+            Request::id().set(3);
+            assert_eq!(snapshot.run(|| Request::id().get()), Some(2), "the snapshot took the entry's value");
+            assert_eq!(Request::id().get(), Some(3), "the entry is current again after the switch");
+            Request::id().update(|id| {
+                *id += 1;
+                assert_eq!(Request::id().try_get(), Err(AccessError::Reentrant { field: "Request::id" }));
+                let mut inside = Context::current();
+                assert!(
+                    !inside.run(|| Request::id().is_set()),
+                    "the value is out of the context while `update` has it"
+                );
+            });
+            assert_eq!(Request::id().get(), Some(4));
+            let guard = Request { id: 9, conn: "guard".into() }.enter();
+            assert_eq!(Request::id().get(), Some(9));
+            Request::id().set(10);
+            drop(guard);
+            assert_eq!(Request::id().get(), Some(4), "the guard restored what was there before it");
+        });
+        assert_eq!(ctx.run(|| Request::id().get()), Some(4), "the context kept the last write");
+        shared_x().set(Probe::new(1));
+        assert_eq!(shared_x().with(|x| x.id), Some(1));
+        assert_eq!(shared_x().with(|x| x.id), Some(1));
+        shared_x().set(Probe::new(2));
+        assert_eq!(dropped(), [1], "set dropped the old value at once, read through an entry or not");
+        drop(shared_x().take());
+        assert_eq!(dropped(), [2]);
     });
 }

@@ -324,6 +324,28 @@ fn a_cache_shared_by_two_fields_by_hand_never_mixes_their_values() {
     });
 }
 
+#[test]
+fn a_second_cache_for_one_field_by_hand_never_answers_with_an_old_value() {
+    thread_local! {
+        static OTHER: context_local::__private::Cache<u64> = const { context_local::__private::Cache::new() };
+    }
+    let mine = Request::id();
+    let other = Field::__cached(field_desc(mine), &OTHER);
+    let mut ctx = Context::new();
+    ctx.run(|| {
+        mine.set(1);
+        for n in 2..6 {
+            assert_eq!(other.get(), Some(n - 1));
+            assert_eq!(mine.get(), Some(n - 1));
+            other.set(n);
+            assert_eq!(mine.get(), Some(n), "the field's own cache saw the other's write");
+            mine.update(|v| *v += 10);
+            assert_eq!(other.get(), Some(n + 10));
+            mine.set(n);
+        }
+    });
+}
+
 /// The descriptor behind a field, through the hidden accessor the derive uses.
 fn field_desc(field: Field<u64>) -> &'static context_local::__private::FieldDesc<u64> {
     field.__desc()
