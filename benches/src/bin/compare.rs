@@ -36,7 +36,7 @@ const REPORTED: [(&str, Ratio); 4] = [
     ),
 ];
 
-const RATIOS: [(&str, Ratio, f64); 15] = [
+const RATIOS: [(&str, Ratio, f64); 16] = [
     (
         "task-scope u64 get / thread_local! Cell get",
         Ratio::Plain(("get_u64", "context_local_task"), ("get_u64", "thread_local_cell")),
@@ -58,6 +58,11 @@ const RATIOS: [(&str, Ratio, f64); 15] = [
         4.0,
     ),
     ("set u64 / Cell::set", Ratio::Plain(("write", "context_local_set_u64"), ("write", "cell_set")), 8.0),
+    (
+        "update push on Vec<u64> / RefCell with_borrow_mut push",
+        Ratio::Plain(("write", "context_local_update_push"), ("write", "refcell_with_borrow_mut_push")),
+        4.0,
+    ),
     (
         "Context::current(), 64 fields / 1 field",
         Ratio::Plain(("snapshot", "current_64"), ("snapshot", "current_1")),
