@@ -80,6 +80,9 @@ pub(crate) struct Entry<T: 'static> {
     /// `init` had run when the entry was filled.
     pub(crate) writable: bool,
     pub(crate) held: Held<T>,
+    /// Where a dirty value goes if the cache is torn down before the state
+    /// at thread exit (a destructor that runs later may still read it).
+    pub(crate) home: fn(Loc, u64, Stored),
 }
 
 impl<T> Entry<T> {
@@ -98,7 +101,7 @@ fn take_dirty<T: 'static>(slot: &mut Option<Entry<T>>, keep: bool) -> Option<(Lo
     if !matches!(slot, Some(Entry { held: Held::Owned(_), .. })) {
         return None;
     }
-    let Entry { generation, owner, desc, loc, context, writable, held } = slot.take()?;
+    let Entry { generation, owner, desc, loc, context, writable, held, home } = slot.take()?;
     let Held::Owned(value) = held else { return None };
     let (kept, stored) = match (keep, loc.space, desc.share) {
         (true, Space::Shared, Some(share)) => {
@@ -111,7 +114,7 @@ fn take_dirty<T: 'static>(slot: &mut Option<Entry<T>>, keep: bool) -> Option<(Lo
         }
         _ => (None, desc.wrap(value)),
     };
-    *slot = kept.map(|held| Entry { generation, owner, desc, loc, context, writable, held });
+    *slot = kept.map(|held| Entry { generation, owner, desc, loc, context, writable, held, home });
     Some((loc, context, stored))
 }
 
@@ -143,12 +146,19 @@ impl<T: 'static> Cache<T> {
 }
 
 impl<T: 'static> Drop for Cache<T> {
-    /// At thread exit: the state let go of the entry first if it was still
-    /// alive, so this count is not the last; contained all the same, as a
-    /// panic here would abort the process.
+    /// At thread exit. If the state is torn down first, it lets go of the
+    /// entry; otherwise a dirty value goes back to the state now. A count
+    /// dropped here is not the last; contained all the same, as a panic
+    /// here would abort the process.
     fn drop(&mut self) {
+        let entry = self.entry.get_mut();
+        let home = entry.as_ref().map(|entry| entry.home);
         let mut drops = Drops::default();
-        drops.drop_one(self.entry.get_mut().take());
+        if let (Some(home), Some((loc, context, value))) = (home, take_dirty(entry, false)) {
+            // Writing back runs no user code (see `state::write_back_late`).
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || home(loc, context, value)));
+        }
+        drops.drop_one(entry.take());
         drops.swallow();
     }
 }

@@ -729,7 +729,8 @@ impl<T: 'static> Field<T> {
             };
             let writable = self.writable_here(state, loc);
             let context = state.context_for_cache(loc);
-            Some(Entry { generation, owner: state.owner, desc, loc, context, writable, held })
+            let home = state::write_back_late;
+            Some(Entry { generation, owner: state.owner, desc, loc, context, writable, held, home })
         });
         entry.is_some_and(|entry| cache::fill(key, entry))
     }

@@ -226,6 +226,51 @@ fn thread_scoped_values_are_dropped_once_at_thread_exit_after_warm_reads() {
     assert_eq!(drops.load(Ordering::SeqCst), 3);
 }
 
+#[derive(ContextLocal)]
+#[context_local(scope = "thread")]
+struct ThreadNote {
+    note: u64,
+}
+
+#[derive(ContextLocal)]
+struct TaskNote {
+    note: String,
+}
+
+/// Reads both notes when the thread exits.
+struct ReadsAtExit(std::sync::mpsc::Sender<(Option<u64>, Option<String>)>);
+
+impl Drop for ReadsAtExit {
+    fn drop(&mut self) {
+        let seen = (ThreadNote::note().try_get().ok(), TaskNote::note().try_get().ok());
+        let _ = self.0.send(seen);
+    }
+}
+
+#[test]
+fn a_destructor_at_thread_exit_reads_the_last_write() {
+    let (send, receive) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        thread_local! {
+            static AT_EXIT: std::cell::RefCell<Option<ReadsAtExit>> = const { std::cell::RefCell::new(None) };
+        }
+        // The library's state first, then the reader, then the fields'
+        // caches: at exit the caches go first, the reader reads with the
+        // state still there.
+        drop(Context::current());
+        AT_EXIT.with_borrow_mut(|slot| *slot = Some(ReadsAtExit(send)));
+        for n in 0..3 {
+            ThreadNote::note().set(n);
+            TaskNote::note().set(format!("note {n}"));
+            assert_eq!(ThreadNote::note().get(), Some(n));
+        }
+    })
+    .join()
+    .expect("thread");
+    let seen = receive.recv().expect("the destructor ran");
+    assert_eq!(seen, (Some(2), Some("note 2".to_string())), "the last writes, not older values");
+}
+
 macro_rules! many_fields {
     ($name:ident { $($field:ident),* }) => {
         #[derive(ContextLocal)]
