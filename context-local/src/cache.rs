@@ -10,11 +10,13 @@
 //! that owned the context (the access checks it is still that task), the
 //! field (so an entry only ever answers for its own field), and the context.
 //!
-//! For a type whose `Clone` and `Drop` run no user code (integers, `String`,
-//! ...: see `value::plain_clone`), `set` writes into a current entry instead
-//! of the slot: the entry then holds the value itself and is *dirty*. Nothing
-//! can tell when such a value is dropped, and every path that looks at the
-//! slot writes dirty entries back first.
+//! For a type whose `Clone` and `Drop` run no user code and whose values own
+//! what they hold alone (integers, `String`, ...: see `value::unseen_drop`),
+//! `set` and `update` write into a current entry instead of the slot: the
+//! entry then holds the value itself and is *dirty*, and the value it
+//! replaced stays in the slot until the entry is written back. Nothing but
+//! memory can tell when such a value is dropped, and every path that looks
+//! at the slot writes dirty entries back first.
 //!
 //! Invariants, each kept here:
 //! - Every change to the thread's state (any write, any context installed or

@@ -12,7 +12,7 @@ use crate::init::run_init;
 use crate::slot::{Loc, Space};
 use crate::state::{self, with_state, Ending, ThreadState, Token, Use};
 use crate::value::{
-    drop_contained, drop_each, end_after, plain_clone, Contained, LocalBox, SharedArc, Stored, ThreadRc,
+    drop_contained, drop_each, end_after, plain_clone, unseen_drop, Contained, LocalBox, SharedArc, Stored, ThreadRc,
 };
 
 /// One field of a `#[derive(ContextLocal)]` struct, in whatever context is
@@ -631,11 +631,12 @@ impl<T: 'static> Field<T> {
         }
     }
 
-    /// `set`: into the cache entry when the type's `Drop` runs no user code
-    /// and the entry is current and writable; the full path otherwise.
+    /// `set`: into the cache entry when nothing can tell when the type's
+    /// values are dropped (`value::unseen_drop`) and the entry is current and
+    /// writable; the full path otherwise.
     #[inline(always)]
     fn store(&self, value: T) -> Result<(), AccessError> {
-        let value = match (self.cache, plain_clone::<T>()) {
+        let value = match (self.cache, unseen_drop::<T>()) {
             (Some(key), true) => match cache::write(key, self.desc, self.task_scoped(), value) {
                 Ok(()) => return Ok(()),
                 Err(value) => value,
@@ -651,7 +652,7 @@ impl<T: 'static> Field<T> {
         // the context is not copied now (a snapshot may share it) but once,
         // when it is next looked at.
         let value = match self.cache {
-            Some(key) if plain_clone::<T>() && self.fill_cache() => {
+            Some(key) if unseen_drop::<T>() && self.fill_cache() => {
                 match cache::write(key, self.desc, self.task_scoped(), value) {
                     Ok(()) => return Ok(()),
                     Err(value) => value,
@@ -660,7 +661,7 @@ impl<T: 'static> Field<T> {
             _ => value,
         };
         drop_contained(self.write(Some(value))?);
-        if plain_clone::<T>() {
+        if unseen_drop::<T>() {
             // So that the next `set` here writes into the entry.
             self.fill_cache();
         }
@@ -937,7 +938,7 @@ impl<T: 'static> Field<T> {
     /// thread-local access compiles to a direct one.
     #[inline(always)]
     fn modify<F: FnOnce() -> T, R>(&self, fill: Fill<F>, op: impl FnOnce(&mut T) -> R) -> Result<R, AccessError> {
-        match (self.cache, plain_clone::<T>()) {
+        match (self.cache, unseen_drop::<T>()) {
             (Some(key), true) => match cache::update(key, self.desc, self.task_scoped(), settle_state, op) {
                 Ok(result) => Ok(result),
                 Err(op) => self.modify_filling(fill, op),

@@ -131,6 +131,16 @@ pub(crate) fn plain_clone<T: 'static>() -> bool {
         || t == TypeId::of::<Vec<i64>>()
 }
 
+/// Whether nothing can tell when a value of type `T` is dropped: a type of
+/// [`plain_clone`] that owns what it holds alone (not `Arc<str>`, whose
+/// count others can read). `set` and `update` of these types may work in the
+/// cache entry (see `cache.rs`), which keeps the value they replace in the
+/// slot until the entry is written back.
+#[inline(always)]
+pub(crate) fn unseen_drop<T: 'static>() -> bool {
+    plain_clone::<T>() && std::any::TypeId::of::<T>() != std::any::TypeId::of::<Arc<str>>()
+}
+
 /// The marker stored in a struct's init slot once `init` has run.
 pub(crate) fn init_marker(space: Space) -> Stored {
     match space {
