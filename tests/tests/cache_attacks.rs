@@ -1366,38 +1366,36 @@ struct M1t {
     mt: Arc<str>,
 }
 
+/// `set(v2)` after `set(v1)` (and a `get` in between, if `read_first`)
+/// drops `v1` at once.
+fn assert_set_drops_at_once(field: context_local::Field<Arc<str>>, read_first: bool) {
+    let a1 = arc("one");
+    field.set(a1.clone());
+    if read_first {
+        let _ = field.get();
+    }
+    field.set(arc("two"));
+    assert_eq!(Arc::strong_count(&a1), 1, "{}: set(v2) did not drop v1 (a get first: {read_first})", field.name());
+}
+
 #[test]
 fn min_set_drops_displaced_value_task_scope_cold() {
-    let a1 = arc("one");
-    M1::m().set(a1.clone());
-    M1::m().set(arc("two"));
-    assert_eq!(Arc::strong_count(&a1), 1, "set(v2) did not drop v1 (no read in between)");
+    assert_set_drops_at_once(M1::m(), false);
 }
 
 #[test]
 fn min_set_drops_displaced_value_task_scope_after_get() {
-    let a1 = arc("one");
-    M1::m().set(a1.clone());
-    let _ = M1::m().get();
-    M1::m().set(arc("two"));
-    assert_eq!(Arc::strong_count(&a1), 1, "set(v2) after a get did not drop v1");
+    assert_set_drops_at_once(M1::m(), true);
 }
 
 #[test]
 fn min_set_drops_displaced_value_thread_scope_cold() {
-    let a1 = arc("one");
-    M1t::mt().set(a1.clone());
-    M1t::mt().set(arc("two"));
-    assert_eq!(Arc::strong_count(&a1), 1, "thread scope: set(v2) did not drop v1");
+    assert_set_drops_at_once(M1t::mt(), false);
 }
 
 #[test]
 fn min_set_drops_displaced_value_thread_scope_after_get() {
-    let a1 = arc("one");
-    M1t::mt().set(a1.clone());
-    let _ = M1t::mt().get();
-    M1t::mt().set(arc("two"));
-    assert_eq!(Arc::strong_count(&a1), 1, "thread scope: set(v2) after a get did not drop v1");
+    assert_set_drops_at_once(M1t::mt(), true);
 }
 
 #[test]
@@ -1626,7 +1624,6 @@ fn probe_thread_scope_displaced_value_lifetime() {
     steps.push(("ctx.run", Arc::strong_count(&a1)));
     let _ = context_local::log_fields();
     steps.push(("log_fields", Arc::strong_count(&a1)));
-    eprintln!("{steps:?}");
     assert!(steps.iter().all(|(_, c)| *c == 1), "{steps:?}");
 }
 
@@ -1710,199 +1707,108 @@ struct W20 {
     s19: String,
 }
 
+fn w48() -> [context_local::Field<u64>; 48] {
+    [
+        W48::f0(),
+        W48::f1(),
+        W48::f2(),
+        W48::f3(),
+        W48::f4(),
+        W48::f5(),
+        W48::f6(),
+        W48::f7(),
+        W48::f8(),
+        W48::f9(),
+        W48::f10(),
+        W48::f11(),
+        W48::f12(),
+        W48::f13(),
+        W48::f14(),
+        W48::f15(),
+        W48::f16(),
+        W48::f17(),
+        W48::f18(),
+        W48::f19(),
+        W48::f20(),
+        W48::f21(),
+        W48::f22(),
+        W48::f23(),
+        W48::f24(),
+        W48::f25(),
+        W48::f26(),
+        W48::f27(),
+        W48::f28(),
+        W48::f29(),
+        W48::f30(),
+        W48::f31(),
+        W48::f32(),
+        W48::f33(),
+        W48::f34(),
+        W48::f35(),
+        W48::f36(),
+        W48::f37(),
+        W48::f38(),
+        W48::f39(),
+        W48::f40(),
+        W48::f41(),
+        W48::f42(),
+        W48::f43(),
+        W48::f44(),
+        W48::f45(),
+        W48::f46(),
+        W48::f47(),
+    ]
+}
+
+fn w20() -> [context_local::Field<String>; 20] {
+    [
+        W20::s0(),
+        W20::s1(),
+        W20::s2(),
+        W20::s3(),
+        W20::s4(),
+        W20::s5(),
+        W20::s6(),
+        W20::s7(),
+        W20::s8(),
+        W20::s9(),
+        W20::s10(),
+        W20::s11(),
+        W20::s12(),
+        W20::s13(),
+        W20::s14(),
+        W20::s15(),
+        W20::s16(),
+        W20::s17(),
+        W20::s18(),
+        W20::s19(),
+    ]
+}
+
 fn w48_set(base: u64) {
-    W48::f0().set(base);
-    W48::f1().set(base + 1);
-    W48::f2().set(base + 2);
-    W48::f3().set(base + 3);
-    W48::f4().set(base + 4);
-    W48::f5().set(base + 5);
-    W48::f6().set(base + 6);
-    W48::f7().set(base + 7);
-    W48::f8().set(base + 8);
-    W48::f9().set(base + 9);
-    W48::f10().set(base + 10);
-    W48::f11().set(base + 11);
-    W48::f12().set(base + 12);
-    W48::f13().set(base + 13);
-    W48::f14().set(base + 14);
-    W48::f15().set(base + 15);
-    W48::f16().set(base + 16);
-    W48::f17().set(base + 17);
-    W48::f18().set(base + 18);
-    W48::f19().set(base + 19);
-    W48::f20().set(base + 20);
-    W48::f21().set(base + 21);
-    W48::f22().set(base + 22);
-    W48::f23().set(base + 23);
-    W48::f24().set(base + 24);
-    W48::f25().set(base + 25);
-    W48::f26().set(base + 26);
-    W48::f27().set(base + 27);
-    W48::f28().set(base + 28);
-    W48::f29().set(base + 29);
-    W48::f30().set(base + 30);
-    W48::f31().set(base + 31);
-    W48::f32().set(base + 32);
-    W48::f33().set(base + 33);
-    W48::f34().set(base + 34);
-    W48::f35().set(base + 35);
-    W48::f36().set(base + 36);
-    W48::f37().set(base + 37);
-    W48::f38().set(base + 38);
-    W48::f39().set(base + 39);
-    W48::f40().set(base + 40);
-    W48::f41().set(base + 41);
-    W48::f42().set(base + 42);
-    W48::f43().set(base + 43);
-    W48::f44().set(base + 44);
-    W48::f45().set(base + 45);
-    W48::f46().set(base + 46);
-    W48::f47().set(base + 47);
+    for (i, field) in w48().into_iter().enumerate() {
+        field.set(base + i as u64);
+    }
 }
 fn w48_check(base: u64) {
-    assert_eq!(W48::f0().get(), Some(base), "field f0");
-    assert_eq!(W48::f1().get(), Some(base + 1), "field f1");
-    assert_eq!(W48::f2().get(), Some(base + 2), "field f2");
-    assert_eq!(W48::f3().get(), Some(base + 3), "field f3");
-    assert_eq!(W48::f4().get(), Some(base + 4), "field f4");
-    assert_eq!(W48::f5().get(), Some(base + 5), "field f5");
-    assert_eq!(W48::f6().get(), Some(base + 6), "field f6");
-    assert_eq!(W48::f7().get(), Some(base + 7), "field f7");
-    assert_eq!(W48::f8().get(), Some(base + 8), "field f8");
-    assert_eq!(W48::f9().get(), Some(base + 9), "field f9");
-    assert_eq!(W48::f10().get(), Some(base + 10), "field f10");
-    assert_eq!(W48::f11().get(), Some(base + 11), "field f11");
-    assert_eq!(W48::f12().get(), Some(base + 12), "field f12");
-    assert_eq!(W48::f13().get(), Some(base + 13), "field f13");
-    assert_eq!(W48::f14().get(), Some(base + 14), "field f14");
-    assert_eq!(W48::f15().get(), Some(base + 15), "field f15");
-    assert_eq!(W48::f16().get(), Some(base + 16), "field f16");
-    assert_eq!(W48::f17().get(), Some(base + 17), "field f17");
-    assert_eq!(W48::f18().get(), Some(base + 18), "field f18");
-    assert_eq!(W48::f19().get(), Some(base + 19), "field f19");
-    assert_eq!(W48::f20().get(), Some(base + 20), "field f20");
-    assert_eq!(W48::f21().get(), Some(base + 21), "field f21");
-    assert_eq!(W48::f22().get(), Some(base + 22), "field f22");
-    assert_eq!(W48::f23().get(), Some(base + 23), "field f23");
-    assert_eq!(W48::f24().get(), Some(base + 24), "field f24");
-    assert_eq!(W48::f25().get(), Some(base + 25), "field f25");
-    assert_eq!(W48::f26().get(), Some(base + 26), "field f26");
-    assert_eq!(W48::f27().get(), Some(base + 27), "field f27");
-    assert_eq!(W48::f28().get(), Some(base + 28), "field f28");
-    assert_eq!(W48::f29().get(), Some(base + 29), "field f29");
-    assert_eq!(W48::f30().get(), Some(base + 30), "field f30");
-    assert_eq!(W48::f31().get(), Some(base + 31), "field f31");
-    assert_eq!(W48::f32().get(), Some(base + 32), "field f32");
-    assert_eq!(W48::f33().get(), Some(base + 33), "field f33");
-    assert_eq!(W48::f34().get(), Some(base + 34), "field f34");
-    assert_eq!(W48::f35().get(), Some(base + 35), "field f35");
-    assert_eq!(W48::f36().get(), Some(base + 36), "field f36");
-    assert_eq!(W48::f37().get(), Some(base + 37), "field f37");
-    assert_eq!(W48::f38().get(), Some(base + 38), "field f38");
-    assert_eq!(W48::f39().get(), Some(base + 39), "field f39");
-    assert_eq!(W48::f40().get(), Some(base + 40), "field f40");
-    assert_eq!(W48::f41().get(), Some(base + 41), "field f41");
-    assert_eq!(W48::f42().get(), Some(base + 42), "field f42");
-    assert_eq!(W48::f43().get(), Some(base + 43), "field f43");
-    assert_eq!(W48::f44().get(), Some(base + 44), "field f44");
-    assert_eq!(W48::f45().get(), Some(base + 45), "field f45");
-    assert_eq!(W48::f46().get(), Some(base + 46), "field f46");
-    assert_eq!(W48::f47().get(), Some(base + 47), "field f47");
+    for (i, field) in w48().into_iter().enumerate() {
+        assert_eq!(field.get(), Some(base + i as u64), "field f{i}");
+    }
 }
 fn w48_inc() {
-    W48::f0().update(|v| *v += 1);
-    W48::f1().update(|v| *v += 1);
-    W48::f2().update(|v| *v += 1);
-    W48::f3().update(|v| *v += 1);
-    W48::f4().update(|v| *v += 1);
-    W48::f5().update(|v| *v += 1);
-    W48::f6().update(|v| *v += 1);
-    W48::f7().update(|v| *v += 1);
-    W48::f8().update(|v| *v += 1);
-    W48::f9().update(|v| *v += 1);
-    W48::f10().update(|v| *v += 1);
-    W48::f11().update(|v| *v += 1);
-    W48::f12().update(|v| *v += 1);
-    W48::f13().update(|v| *v += 1);
-    W48::f14().update(|v| *v += 1);
-    W48::f15().update(|v| *v += 1);
-    W48::f16().update(|v| *v += 1);
-    W48::f17().update(|v| *v += 1);
-    W48::f18().update(|v| *v += 1);
-    W48::f19().update(|v| *v += 1);
-    W48::f20().update(|v| *v += 1);
-    W48::f21().update(|v| *v += 1);
-    W48::f22().update(|v| *v += 1);
-    W48::f23().update(|v| *v += 1);
-    W48::f24().update(|v| *v += 1);
-    W48::f25().update(|v| *v += 1);
-    W48::f26().update(|v| *v += 1);
-    W48::f27().update(|v| *v += 1);
-    W48::f28().update(|v| *v += 1);
-    W48::f29().update(|v| *v += 1);
-    W48::f30().update(|v| *v += 1);
-    W48::f31().update(|v| *v += 1);
-    W48::f32().update(|v| *v += 1);
-    W48::f33().update(|v| *v += 1);
-    W48::f34().update(|v| *v += 1);
-    W48::f35().update(|v| *v += 1);
-    W48::f36().update(|v| *v += 1);
-    W48::f37().update(|v| *v += 1);
-    W48::f38().update(|v| *v += 1);
-    W48::f39().update(|v| *v += 1);
-    W48::f40().update(|v| *v += 1);
-    W48::f41().update(|v| *v += 1);
-    W48::f42().update(|v| *v += 1);
-    W48::f43().update(|v| *v += 1);
-    W48::f44().update(|v| *v += 1);
-    W48::f45().update(|v| *v += 1);
-    W48::f46().update(|v| *v += 1);
-    W48::f47().update(|v| *v += 1);
+    for field in w48() {
+        field.update(|v| *v += 1);
+    }
 }
 fn w20_set(base: u64) {
-    W20::s0().set(format!("{base}-0"));
-    W20::s1().set(format!("{base}-1"));
-    W20::s2().set(format!("{base}-2"));
-    W20::s3().set(format!("{base}-3"));
-    W20::s4().set(format!("{base}-4"));
-    W20::s5().set(format!("{base}-5"));
-    W20::s6().set(format!("{base}-6"));
-    W20::s7().set(format!("{base}-7"));
-    W20::s8().set(format!("{base}-8"));
-    W20::s9().set(format!("{base}-9"));
-    W20::s10().set(format!("{base}-10"));
-    W20::s11().set(format!("{base}-11"));
-    W20::s12().set(format!("{base}-12"));
-    W20::s13().set(format!("{base}-13"));
-    W20::s14().set(format!("{base}-14"));
-    W20::s15().set(format!("{base}-15"));
-    W20::s16().set(format!("{base}-16"));
-    W20::s17().set(format!("{base}-17"));
-    W20::s18().set(format!("{base}-18"));
-    W20::s19().set(format!("{base}-19"));
+    for (i, field) in w20().into_iter().enumerate() {
+        field.set(format!("{base}-{i}"));
+    }
 }
 fn w20_check(base: u64) {
-    assert_eq!(W20::s0().get(), Some(format!("{base}-0")));
-    assert_eq!(W20::s1().get(), Some(format!("{base}-1")));
-    assert_eq!(W20::s2().get(), Some(format!("{base}-2")));
-    assert_eq!(W20::s3().get(), Some(format!("{base}-3")));
-    assert_eq!(W20::s4().get(), Some(format!("{base}-4")));
-    assert_eq!(W20::s5().get(), Some(format!("{base}-5")));
-    assert_eq!(W20::s6().get(), Some(format!("{base}-6")));
-    assert_eq!(W20::s7().get(), Some(format!("{base}-7")));
-    assert_eq!(W20::s8().get(), Some(format!("{base}-8")));
-    assert_eq!(W20::s9().get(), Some(format!("{base}-9")));
-    assert_eq!(W20::s10().get(), Some(format!("{base}-10")));
-    assert_eq!(W20::s11().get(), Some(format!("{base}-11")));
-    assert_eq!(W20::s12().get(), Some(format!("{base}-12")));
-    assert_eq!(W20::s13().get(), Some(format!("{base}-13")));
-    assert_eq!(W20::s14().get(), Some(format!("{base}-14")));
-    assert_eq!(W20::s15().get(), Some(format!("{base}-15")));
-    assert_eq!(W20::s16().get(), Some(format!("{base}-16")));
-    assert_eq!(W20::s17().get(), Some(format!("{base}-17")));
-    assert_eq!(W20::s18().get(), Some(format!("{base}-18")));
-    assert_eq!(W20::s19().get(), Some(format!("{base}-19")));
+    for (i, field) in w20().into_iter().enumerate() {
+        assert_eq!(field.get(), Some(format!("{base}-{i}")));
+    }
 }
 
 #[test]
