@@ -183,6 +183,8 @@ struct Generation {
     number: Cell<u64>,
     /// Whether some listed entry may be dirty.
     dirty: Cell<bool>,
+    /// How many `update`s have an entry's value right now.
+    leases: Cell<usize>,
     len: Cell<usize>,
     filled: [Cell<Option<&'static dyn Listed>>; ROOM],
 }
@@ -192,6 +194,7 @@ thread_local! {
         Generation {
             number: Cell::new(1),
             dirty: Cell::new(false),
+            leases: Cell::new(0),
             len: Cell::new(0),
             filled: [const { Cell::new(None) }; ROOM],
         }
@@ -295,7 +298,7 @@ pub(crate) fn lent_here(loc: Loc, context: u64) -> bool {
 /// `context`, through a cache entry: then the field is out of the context
 /// while its closure runs.
 pub(crate) fn leased_here(loc: Loc, context: u64) -> bool {
-    lent(loc, context) == Some(Lent::Leased)
+    GENERATION.with(|generation| generation.leases.get() != 0) && lent(loc, context) == Some(Lent::Leased)
 }
 
 fn lent(loc: Loc, context: u64) -> Option<Lent> {
@@ -311,6 +314,9 @@ fn lent(loc: Loc, context: u64) -> Option<Lent> {
 /// The slots `update` has the values of, in the context `context`.
 pub(crate) fn leased_in(context: u64) -> Vec<Loc> {
     GENERATION.with(|generation| {
+        if generation.leases.get() == 0 {
+            return Vec::new();
+        }
         let listed = generation.filled[..generation.len.get()].iter();
         let lent = listed.filter_map(Cell::get).filter_map(|entry| entry.lent());
         lent.filter(|(_, within, how)| *within == context && *how == Lent::Leased).map(|(loc, ..)| loc).collect()
@@ -557,7 +563,10 @@ pub(crate) fn update<T: 'static, R, F: FnOnce(&mut T) -> R>(
                 drop(std::mem::replace(&mut entry.held, Held::Owned(value)));
             }
             let Held::Owned(value) = &mut entry.held else { return None };
-            GENERATION.with(|generation| generation.dirty.set(true));
+            GENERATION.with(|generation| {
+                generation.dirty.set(true);
+                generation.leases.set(generation.leases.get() + 1);
+            });
             cache.leased.set(Some((entry.loc, entry.context)));
             after = Leased { cache, generation, settle };
             op.take()?(value)
@@ -586,6 +595,7 @@ impl<T: 'static> Drop for Leased<'_, T> {
     #[inline]
     fn drop(&mut self) {
         self.cache.leased.set(None);
+        GENERATION.with(|generation| generation.leases.set(generation.leases.get() - 1));
         if generation() != self.generation {
             (self.settle)();
         }
