@@ -192,6 +192,12 @@ impl<T: 'static> Field<T> {
     /// Stores `value`, dropping the previous one (after the storage is
     /// released, so its destructor may use context-locals).
     ///
+    /// For standard types whose drop nothing but memory can observe
+    /// (integers, `String`, `Vec<u64>`, ...), `set` writes into this
+    /// thread's cache entry for the field, and the previous value is freed
+    /// when the entry is next written back (at the next snapshot, context
+    /// switch or other look at the context), not at once.
+    ///
     /// # Panics
     ///
     /// On misuse, as [`try_get`](Field::try_get) describes.
