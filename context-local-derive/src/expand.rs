@@ -123,7 +123,7 @@ fn field_static(input: &Input, field: &Field, name: &syn::Ident) -> TokenStream 
         static #name: #krate::__private::FieldDesc<#ty> = {
             const __CONTEXT_LOCAL_DEFAULT: ::core::option::Option<fn() -> #ty> = #default;
             #call
-        }#logged #baggage;
+        }#logged #baggage .cached(&#cache);
     }
 }
 

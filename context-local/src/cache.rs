@@ -39,10 +39,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::thread::LocalKey;
 
-use crate::descriptor::FieldDesc;
 use crate::running::Owner;
 use crate::slot::{Loc, Space};
-use crate::value::{drop_contained, drop_each, end_after, Drops, Stored};
+use crate::value::{drop_contained, drop_each, end_after, Drops, SharedArc, Stored};
 
 /// The value an entry holds.
 pub(crate) enum Held<T: 'static> {
@@ -71,8 +70,11 @@ pub(crate) struct Entry<T: 'static> {
     pub(crate) generation: u64,
     /// The task that owned the context then (checked for task scope).
     pub(crate) owner: Owner,
-    /// The field the entry answers for.
-    pub(crate) desc: &'static FieldDesc<T>,
+    /// The field the entry answers for (its descriptor's address: a
+    /// `static`, so one address per field).
+    pub(crate) field: usize,
+    /// How the field's values are stored, for writing back.
+    pub(crate) forms: Forms<T>,
     /// The slot and the context it was read in (0 for thread scope): what a
     /// write checks to know the field is lent here, and where a dirty value
     /// goes back.
@@ -87,12 +89,24 @@ pub(crate) struct Entry<T: 'static> {
     pub(crate) home: fn(Loc, u64, Stored),
 }
 
+/// How a field's values are stored: what writing back and `update` need
+/// (from the field's descriptor).
+#[derive(Clone, Copy)]
+pub(crate) struct Forms<T: 'static> {
+    /// A value as its slot stores it.
+    pub(crate) wrap: fn(T) -> Stored,
+    /// For an inherited field: a typed count as the map stores it.
+    pub(crate) share: Option<fn(Arc<T>) -> SharedArc>,
+    /// For an inherited field: `T::clone`.
+    pub(crate) unshare: Option<fn(&T) -> T>,
+}
+
 impl<T> Entry<T> {
-    /// Whether the entry answers for `desc` now.
+    /// Whether the entry answers for `field` now.
     #[inline(always)]
-    fn answers(&self, generation: u64, desc: &'static FieldDesc<T>, check_owner: bool) -> bool {
+    fn answers(&self, generation: u64, field: usize, check_owner: bool) -> bool {
         let owned = !check_owner || self.owner == Owner::running();
-        self.generation == generation && std::ptr::eq(self.desc, desc) && owned
+        self.generation == generation && self.field == field && owned
     }
 }
 
@@ -103,9 +117,9 @@ fn take_dirty<T: 'static>(slot: &mut Option<Entry<T>>, keep: bool) -> Option<(Lo
     if !matches!(slot, Some(Entry { held: Held::Owned(_), .. })) {
         return None;
     }
-    let Entry { generation, owner, desc, loc, context, writable, held, home } = slot.take()?;
+    let Entry { generation, owner, field, forms, loc, context, writable, held, home } = slot.take()?;
     let Held::Owned(value) = held else { return None };
-    let (kept, stored) = match (keep, loc.space, desc.share) {
+    let (kept, stored) = match (keep, loc.space, forms.share) {
         (true, Space::Shared, Some(share)) => {
             let count = Arc::new(value);
             (Some(Held::Shared(count.clone())), Stored::Shared(share(count)))
@@ -114,9 +128,9 @@ fn take_dirty<T: 'static>(slot: &mut Option<Entry<T>>, keep: bool) -> Option<(Lo
             let count = Rc::new(value);
             (Some(Held::Thread(count.clone())), Stored::Thread(count))
         }
-        _ => (None, desc.wrap(value)),
+        _ => (None, (forms.wrap)(value)),
     };
-    *slot = kept.map(|held| Entry { generation, owner, desc, loc, context, writable, held, home });
+    *slot = kept.map(|held| Entry { generation, owner, field, forms, loc, context, writable, held, home });
     Some((loc, context, stored))
 }
 
@@ -420,6 +434,14 @@ impl<T: 'static> Listed for LocalKey<Cache<T>> {
     }
 }
 
+/// Whether two keys name the same cache (on this thread, so on every
+/// thread): a `thread_local!` key is a constant, so its address may differ
+/// where it is named; the object it leads to does not.
+pub(crate) fn same_cache<T: 'static>(a: &'static LocalKey<Cache<T>>, b: &'static LocalKey<Cache<T>>) -> bool {
+    let address = |key: &'static LocalKey<Cache<T>>| key.try_with(|cache| std::ptr::from_ref(cache) as usize).ok();
+    matches!((address(a), address(b)), (Some(a), Some(b)) if a == b)
+}
+
 /// Stores `entry` in `key`'s cache and lists it. `false` if the cache is
 /// lent to a closure or torn down (then the entry is dropped: a count the
 /// slot also holds).
@@ -449,7 +471,7 @@ pub(crate) fn fill<T: 'static>(key: &'static LocalKey<Cache<T>>, entry: Entry<T>
     true
 }
 
-/// Runs `op` on the cached value if `key`'s entry is current for `desc`
+/// Runs `op` on the cached value if `key`'s entry is current for `field`
 /// (`check_owner`: for task scope, also that the task running now owns the
 /// context). `dirty`: whether `op` may read a value not yet written back
 /// (only if it runs no user code). Gives `op` back otherwise. Always
@@ -458,7 +480,7 @@ pub(crate) fn fill<T: 'static>(key: &'static LocalKey<Cache<T>>, entry: Entry<T>
 #[inline(always)]
 pub(crate) fn read<T: 'static, R, F: FnOnce(&T) -> R>(
     key: &'static LocalKey<Cache<T>>,
-    desc: &'static FieldDesc<T>,
+    field: usize,
     check_owner: bool,
     dirty: bool,
     op: F,
@@ -472,7 +494,7 @@ pub(crate) fn read<T: 'static, R, F: FnOnce(&T) -> R>(
         let result = {
             let entry = cache.entry.try_borrow().ok()?;
             let entry = entry.as_ref()?;
-            if !entry.answers(generation, desc, check_owner) || (!dirty && matches!(entry.held, Held::Owned(_))) {
+            if !entry.answers(generation, field, check_owner) || (!dirty && matches!(entry.held, Held::Owned(_))) {
                 return None;
             }
             op.take()?(entry.held.value())
@@ -493,13 +515,13 @@ pub(crate) fn read<T: 'static, R, F: FnOnce(&T) -> R>(
 }
 
 /// Stores `value` in `key`'s entry if it is current and writable for
-/// `desc` (see [`read`]); the entry is dirty afterwards. Gives `value` back
+/// `field` (see [`read`]); the entry is dirty afterwards. Gives `value` back
 /// otherwise. Only for types whose `Drop` runs no user code: the value it
 /// replaces is dropped here.
 #[inline(always)]
 pub(crate) fn write<T: 'static>(
     key: &'static LocalKey<Cache<T>>,
-    desc: &'static FieldDesc<T>,
+    field: usize,
     check_owner: bool,
     value: T,
 ) -> Result<(), T> {
@@ -508,7 +530,7 @@ pub(crate) fn write<T: 'static>(
     let old = key.try_with(|cache| {
         let mut entry = cache.entry.try_borrow_mut().ok()?;
         let entry = entry.as_mut()?;
-        if !entry.answers(generation, desc, check_owner) || !entry.writable {
+        if !entry.answers(generation, field, check_owner) || !entry.writable {
             return None;
         }
         Some(std::mem::replace(&mut entry.held, Held::Owned(value.take()?)))
@@ -524,7 +546,7 @@ pub(crate) fn write<T: 'static>(
 }
 
 /// Runs `op` on the value in `key`'s entry, in place, if the entry is
-/// current and writable for `desc` (see [`write`]); the entry is dirty
+/// current and writable for `field` (see [`write`]); the entry is dirty
 /// afterwards. While `op` runs the entry is borrowed: the field is in use
 /// (`Reentrant`) and out of the context (snapshots leave it out). Gives `op`
 /// back otherwise. Only for types whose `Clone` and `Drop` run no user code.
@@ -535,7 +557,7 @@ pub(crate) fn write<T: 'static>(
 #[inline(always)]
 pub(crate) fn update<T: 'static, R, F: FnOnce(&mut T) -> R>(
     key: &'static LocalKey<Cache<T>>,
-    desc: &'static FieldDesc<T>,
+    field: usize,
     check_owner: bool,
     settle: fn(),
     op: F,
@@ -550,12 +572,12 @@ pub(crate) fn update<T: 'static, R, F: FnOnce(&mut T) -> R>(
         let result = {
             let mut slot = cache.entry.try_borrow_mut().ok()?;
             let entry = slot.as_mut()?;
-            if !entry.answers(generation, desc, check_owner) || !entry.writable {
+            if !entry.answers(generation, field, check_owner) || !entry.writable {
                 return None;
             }
             let unshared = match &entry.held {
                 Held::Owned(_) => None,
-                Held::Shared(count) => Some(desc.unshare?(count)),
+                Held::Shared(count) => Some(entry.forms.unshare?(count)),
                 Held::Thread(_) => return None,
             };
             if let Some(value) = unshared {

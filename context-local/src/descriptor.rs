@@ -5,10 +5,11 @@
 
 use std::fmt;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::thread::LocalKey;
 
 use crate::baggage_codec::BaggageCodec;
+use crate::cache::{Cache, Forms};
 use crate::slot::{Loc, SlotCell, Space};
 use crate::value::{init_marker, SharedArc, SharedValue, Stored};
 
@@ -86,10 +87,10 @@ pub struct FieldDesc<T: 'static> {
     pub(crate) share: Option<fn(Arc<T>) -> SharedArc>,
     /// For an inherited field: `T::clone` (for `update` through the cache).
     pub(crate) unshare: Option<fn(&T) -> T>,
-    /// The one cache entries of this field live in: the first a `Field`
-    /// filled (the derive gives each field one). Two caches for one field
-    /// would each answer from what they last saw.
-    cache: AtomicUsize,
+    /// The one cache entries of this field may live in (the derive gives
+    /// each field one). Two caches for one field would each answer from
+    /// what they last saw.
+    pub(crate) cache: Option<&'static LocalKey<Cache<T>>>,
     /// For `#[context_local(log)]` fields: the key in log lines and how the
     /// value is formatted.
     pub(crate) log: Option<(&'static str, FormatFn<T>)>,
@@ -141,7 +142,7 @@ impl<T: 'static> FieldDesc<T> {
             typed_arc: no_arc::<T>,
             share: None,
             unshare: None,
-            cache: AtomicUsize::new(0),
+            cache: None,
             log: None,
             baggage: None,
         }
@@ -157,12 +158,14 @@ impl<T: 'static> FieldDesc<T> {
         FieldDesc { baggage: Some(codec), ..self }
     }
 
-    /// Whether `cache` is this field's cache (the first one asked about).
-    pub(crate) fn owns_cache(&self, cache: usize) -> bool {
-        match self.cache.compare_exchange(0, cache, Ordering::Relaxed, Ordering::Relaxed) {
-            Ok(_) => true,
-            Err(owner) => owner == cache,
-        }
+    /// Gives the field its read cache (see `Field::__cached`).
+    pub const fn cached(self, cache: &'static LocalKey<Cache<T>>) -> Self {
+        FieldDesc { cache: Some(cache), ..self }
+    }
+
+    /// How the field's values are stored, for its cache entries.
+    pub(crate) fn forms(&self) -> Forms<T> {
+        Forms { wrap: self.wrap, share: self.share, unshare: self.unshare }
     }
 
     /// `value` in the form this field's space stores.

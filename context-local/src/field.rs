@@ -90,6 +90,14 @@ impl<T: 'static> Field<T> {
         Field { desc, cache: None }
     }
 
+    /// Whether this thread's cache entry for the field answers right now
+    /// (for tests of the cache itself: the cache never changes a result,
+    /// only how fast it comes).
+    #[doc(hidden)]
+    pub fn __cache_answers(&self) -> bool {
+        self.cached(true, |_| ()).is_ok()
+    }
+
     /// The field's descriptor.
     #[doc(hidden)]
     pub const fn __desc(&self) -> &'static FieldDesc<T> {

@@ -2,8 +2,6 @@
 //! `--no-default-features`. The descriptors are written by hand, as the
 //! derive would generate them.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use crate::private::{Batch, Cache, FieldDesc, Parts, Space, StructDesc};
 use crate::{AccessError, Context, ContextLocal, Field};
 
@@ -12,34 +10,32 @@ struct Request {
     conn: String,
 }
 
-static INITS: AtomicUsize = AtomicUsize::new(0);
+thread_local! {
+    /// `init` runs on this thread (tests run in parallel, on threads of their own).
+    static INITS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
 
 fn init(batch: &mut Batch) {
-    INITS.fetch_add(1, Ordering::SeqCst);
+    INITS.set(INITS.get() + 1);
     Request { id: 0, conn: "fresh".into() }.__store(batch);
 }
 
 static REQUEST: StructDesc = StructDesc::new("Request", Space::Shared, Some(init), &[&REQUEST_ID, &REQUEST_CONN]);
-static REQUEST_ID: FieldDesc<u64> = FieldDesc::shared("Request::id", &REQUEST, None);
-static REQUEST_CONN: FieldDesc<String> = FieldDesc::local("Request::conn", &REQUEST, None);
-
-/// A field with its cache, as the derive makes it: one thread-local per
-/// field, named where the accessor is.
-macro_rules! cached {
-    ($desc:expr, $ty:ty) => {{
-        thread_local! {
-            static CACHE: Cache<$ty> = const { Cache::new() };
-        }
-        Field::__cached(&$desc, &CACHE)
-    }};
+thread_local! {
+    static REQUEST_ID_CACHE: Cache<u64> = const { Cache::new() };
 }
+static REQUEST_ID: FieldDesc<u64> = FieldDesc::shared("Request::id", &REQUEST, None).cached(&REQUEST_ID_CACHE);
+thread_local! {
+    static REQUEST_CONN_CACHE: Cache<String> = const { Cache::new() };
+}
+static REQUEST_CONN: FieldDesc<String> = FieldDesc::local("Request::conn", &REQUEST, None).cached(&REQUEST_CONN_CACHE);
 
 impl Request {
     fn id() -> Field<u64> {
-        cached!(REQUEST_ID, u64)
+        Field::__cached(&REQUEST_ID, &REQUEST_ID_CACHE)
     }
     fn conn() -> Field<String> {
-        cached!(REQUEST_CONN, String)
+        Field::__cached(&REQUEST_CONN, &REQUEST_CONN_CACHE)
     }
 }
 
@@ -61,10 +57,14 @@ struct PerThread {
 }
 
 static PER_THREAD: StructDesc = StructDesc::new("PerThread", Space::Thread, None, &[&PER_THREAD_HITS]);
-static PER_THREAD_HITS: FieldDesc<u32> = FieldDesc::thread("PerThread::hits", &PER_THREAD, Some(|| 0));
+thread_local! {
+    static PER_THREAD_HITS_CACHE: Cache<u32> = const { Cache::new() };
+}
+static PER_THREAD_HITS: FieldDesc<u32> =
+    FieldDesc::thread("PerThread::hits", &PER_THREAD, Some(|| 0)).cached(&PER_THREAD_HITS_CACHE);
 
 fn per_thread_hits() -> Field<u32> {
-    cached!(PER_THREAD_HITS, u32)
+    Field::__cached(&PER_THREAD_HITS, &PER_THREAD_HITS_CACHE)
 }
 
 impl ContextLocal for PerThread {
@@ -83,13 +83,13 @@ impl ContextLocal for PerThread {
 fn task_scope_init_snapshot_and_no_inherit() {
     let mut ctx = Context::new();
     ctx.run(|| {
-        let before = INITS.load(Ordering::SeqCst);
+        let before = INITS.get();
         assert_eq!(Request::id().get(), Some(0));
-        assert_eq!(INITS.load(Ordering::SeqCst), before + 1);
+        assert_eq!(INITS.get(), before + 1);
         Request::id().set(5);
         let mut child = Context::current();
         assert_eq!(child.run(|| (Request::id().get(), Request::conn().get())), (Some(5), None));
-        assert_eq!(INITS.load(Ordering::SeqCst), before + 1, "the child inherited the init state");
+        assert_eq!(INITS.get(), before + 1, "the child inherited the init state");
         let taken = Request::take().expect("every field is set");
         assert_eq!((taken.id, taken.conn.as_str()), (5, "fresh"));
     });
@@ -174,8 +174,14 @@ struct Pair {
 }
 
 static PAIR: StructDesc = StructDesc::new("Pair", Space::Thread, None, &[&PAIR_A, &PAIR_B]);
-static PAIR_A: FieldDesc<Probe> = FieldDesc::thread("Pair::a", &PAIR, None);
-static PAIR_B: FieldDesc<Probe> = FieldDesc::thread("Pair::b", &PAIR, None);
+thread_local! {
+    static PAIR_A_CACHE: Cache<Probe> = const { Cache::new() };
+}
+static PAIR_A: FieldDesc<Probe> = FieldDesc::thread("Pair::a", &PAIR, None).cached(&PAIR_A_CACHE);
+thread_local! {
+    static PAIR_B_CACHE: Cache<Probe> = const { Cache::new() };
+}
+static PAIR_B: FieldDesc<Probe> = FieldDesc::thread("Pair::b", &PAIR, None).cached(&PAIR_B_CACHE);
 
 impl ContextLocal for Pair {
     fn __descriptor() -> &'static StructDesc {
@@ -196,8 +202,14 @@ struct Shared {
 }
 
 static SHARED: StructDesc = StructDesc::new("Shared", Space::Shared, None, &[&SHARED_X, &SHARED_Y]);
-static SHARED_X: FieldDesc<Probe> = FieldDesc::shared("Shared::x", &SHARED, None);
-static SHARED_Y: FieldDesc<Probe> = FieldDesc::local("Shared::y", &SHARED, None);
+thread_local! {
+    static SHARED_X_CACHE: Cache<Probe> = const { Cache::new() };
+}
+static SHARED_X: FieldDesc<Probe> = FieldDesc::shared("Shared::x", &SHARED, None).cached(&SHARED_X_CACHE);
+thread_local! {
+    static SHARED_Y_CACHE: Cache<Probe> = const { Cache::new() };
+}
+static SHARED_Y: FieldDesc<Probe> = FieldDesc::local("Shared::y", &SHARED, None).cached(&SHARED_Y_CACHE);
 
 impl ContextLocal for Shared {
     fn __descriptor() -> &'static StructDesc {
@@ -213,23 +225,23 @@ impl ContextLocal for Shared {
 }
 
 fn pair_a() -> Field<Probe> {
-    cached!(PAIR_A, Probe)
+    Field::__cached(&PAIR_A, &PAIR_A_CACHE)
 }
 
 fn pair_b() -> Field<Probe> {
-    cached!(PAIR_B, Probe)
+    Field::__cached(&PAIR_B, &PAIR_B_CACHE)
 }
 
 fn shared_x() -> Field<Probe> {
-    cached!(SHARED_X, Probe)
+    Field::__cached(&SHARED_X, &SHARED_X_CACHE)
 }
 
 fn shared_y() -> Field<Probe> {
-    cached!(SHARED_Y, Probe)
+    Field::__cached(&SHARED_Y, &SHARED_Y_CACHE)
 }
 
 fn watcher() -> Field<Watcher> {
-    cached!(WATCH_WATCHER, Watcher)
+    Field::__cached(&WATCH_WATCHER, &WATCH_WATCHER_CACHE)
 }
 
 /// Runs `f` on a fresh thread, so thread-locals and root contexts start empty.
@@ -361,7 +373,11 @@ impl Drop for Watcher {
 }
 
 static WATCH: StructDesc = StructDesc::new("Watch", Space::Shared, None, &[&WATCH_WATCHER]);
-static WATCH_WATCHER: FieldDesc<Watcher> = FieldDesc::local("Watch::watcher", &WATCH, None);
+thread_local! {
+    static WATCH_WATCHER_CACHE: Cache<Watcher> = const { Cache::new() };
+}
+static WATCH_WATCHER: FieldDesc<Watcher> =
+    FieldDesc::local("Watch::watcher", &WATCH, None).cached(&WATCH_WATCHER_CACHE);
 
 #[test]
 fn a_context_drops_its_values_inside_itself() {

@@ -53,6 +53,38 @@ fn current_thread() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().build().expect("runtime")
 }
 
+/// The cache never changes a result, so every other test here would pass
+/// with it off: this one checks it is on, for each kind of field the derive
+/// makes, after reads and after writes.
+#[test]
+fn the_derives_fields_answer_from_their_cache() {
+    let mut ctx = Context::new();
+    ctx.run(|| {
+        Request::id().set(1);
+        assert_eq!(Request::id().get(), Some(1));
+        assert!(Request::id().__cache_answers(), "a read fills the entry");
+        Request::id().set(2);
+        assert!(Request::id().__cache_answers(), "a set of a standard type stays in the entry");
+        Request::id().update(|id| *id += 1);
+        assert!(Request::id().__cache_answers(), "so does an update");
+        assert_eq!(Request::id().get(), Some(3));
+        drop(Context::current());
+        assert!(Request::id().__cache_answers(), "a snapshot writes back and keeps the entry");
+        Context::new().run(|| assert!(!Request::id().__cache_answers(), "another context: not this entry"));
+        assert!(!Request::id().__cache_answers(), "a switch makes entries stale");
+        Request::value().set(counted(4).0);
+        assert_eq!(Request::value().with(|v| v.n), Some(4));
+        assert!(Request::value().__cache_answers(), "a read of any type fills the entry");
+    });
+    std::thread::spawn(|| {
+        PerThread::value().set(counted(5).0);
+        assert_eq!(PerThread::value().with(|v| v.n), Some(5));
+        assert!(PerThread::value().__cache_answers(), "thread scope too");
+    })
+    .join()
+    .expect("thread");
+}
+
 #[test]
 fn a_plain_task_polled_inside_a_warm_context_sees_no_context() {
     let mut ctx = Context::new();

@@ -18,7 +18,7 @@ impl<T: 'static> Field<T> {
     #[inline(always)]
     pub(super) fn cached<R, F: FnOnce(&T) -> R>(&self, plain: bool, op: F) -> Result<R, F> {
         match self.cache {
-            Some(key) => cache::read(key, self.desc, self.task_scoped(), plain, op),
+            Some(key) => cache::read(key, self.identity(), self.task_scoped(), plain, op),
             None => Err(op),
         }
     }
@@ -29,7 +29,7 @@ impl<T: 'static> Field<T> {
     #[inline(always)]
     pub(super) fn store(&self, value: T) -> Result<(), AccessError> {
         let value = match (self.cache, unseen_drop::<T>()) {
-            (Some(key), true) => match cache::write(key, self.desc, self.task_scoped(), value) {
+            (Some(key), true) => match cache::write(key, self.identity(), self.task_scoped(), value) {
                 Ok(()) => return Ok(()),
                 Err(value) => value,
             },
@@ -45,7 +45,7 @@ impl<T: 'static> Field<T> {
         // when it is next looked at.
         let value = match self.cache {
             Some(key) if unseen_drop::<T>() && self.fill_cache() => {
-                match cache::write(key, self.desc, self.task_scoped(), value) {
+                match cache::write(key, self.identity(), self.task_scoped(), value) {
                     Ok(()) => return Ok(()),
                     Err(value) => value,
                 }
@@ -58,6 +58,13 @@ impl<T: 'static> Field<T> {
             self.fill_cache();
         }
         Ok(())
+    }
+
+    /// Which field this is, for cache entries: its descriptor's address (a
+    /// `static`, so one address per field).
+    #[inline(always)]
+    fn identity(&self) -> usize {
+        std::ptr::from_ref(self.desc) as usize
     }
 
     /// Whether the field lives in a context (not in the thread).
@@ -102,13 +109,13 @@ impl<T: 'static> Field<T> {
         let Some(key) = self.cache else {
             return false;
         };
-        if !self.desc.owns_cache(std::ptr::from_ref(key) as usize) {
+        if !self.desc.cache.is_some_and(|own| cache::same_cache(own, key)) {
             return false;
         }
         let loc = self.loc();
         let name = self.desc.name;
         let generation = cache::generation();
-        let desc = self.desc;
+        let (field, forms) = (self.identity(), self.desc.forms());
         let entry = state::for_cache(|state| {
             state.check_scope(name, loc.space).ok()?;
             state.check_readable(loc, name).ok()?;
@@ -123,7 +130,7 @@ impl<T: 'static> Field<T> {
             let writable = self.writable_here(state, loc);
             let context = state.context_for_cache(loc);
             let home = state::write_back_late;
-            Some(Entry { generation, owner: state.owner, desc, loc, context, writable, held, home })
+            Some(Entry { generation, owner: state.owner, field, forms, loc, context, writable, held, home })
         });
         entry.is_some_and(|entry| cache::fill(key, entry))
     }
@@ -149,7 +156,7 @@ impl<T: 'static> Field<T> {
         op: impl FnOnce(&mut T) -> R,
     ) -> Result<R, AccessError> {
         match (self.cache, unseen_drop::<T>()) {
-            (Some(key), true) => match cache::update(key, self.desc, self.task_scoped(), settle_state, op) {
+            (Some(key), true) => match cache::update(key, self.identity(), self.task_scoped(), settle_state, op) {
                 Ok(result) => Ok(result),
                 Err(op) => self.modify_filling(fill, op),
             },
