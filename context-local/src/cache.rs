@@ -74,7 +74,7 @@ pub(crate) struct Entry<T: 'static> {
     /// `static`, so one address per field).
     pub(crate) field: usize,
     /// How the field's values are stored, for writing back.
-    pub(crate) forms: Forms<T>,
+    pub(crate) forms: &'static Forms<T>,
     /// The slot and the context it was read in (0 for thread scope): what a
     /// write checks to know the field is lent here, and where a dirty value
     /// goes back.
@@ -89,16 +89,26 @@ pub(crate) struct Entry<T: 'static> {
     pub(crate) home: fn(Loc, u64, Stored),
 }
 
-/// How a field's values are stored: what writing back and `update` need
-/// (from the field's descriptor).
-#[derive(Clone, Copy)]
+/// How a field's values are stored: kept in the field's descriptor, read
+/// by its cache entries to fill, write back and `update`.
 pub(crate) struct Forms<T: 'static> {
     /// A value as its slot stores it.
     pub(crate) wrap: fn(T) -> Stored,
+    /// For an inherited field: a stored count as `Arc<T>` (the downcast
+    /// needs `T: Send + Sync`, which only an inherited field's constructor
+    /// can name); `None` for the others.
+    pub(crate) typed_arc: fn(SharedArc) -> Option<Arc<T>>,
     /// For an inherited field: a typed count as the map stores it.
     pub(crate) share: Option<fn(Arc<T>) -> SharedArc>,
     /// For an inherited field: `T::clone`.
     pub(crate) unshare: Option<fn(&T) -> T>,
+}
+
+impl<T: 'static> Forms<T> {
+    /// The forms of a field whose values are not shared between contexts.
+    pub(crate) const fn owned(wrap: fn(T) -> Stored) -> Forms<T> {
+        Forms { wrap, typed_arc: |_| None, share: None, unshare: None }
+    }
 }
 
 impl<T> Entry<T> {
@@ -341,6 +351,9 @@ pub(crate) fn leased_in(context: u64) -> Vec<Loc> {
 /// was rewritten meanwhile.
 pub(crate) fn displace(loc: Loc, context: u64) {
     GENERATION.with(|generation| {
+        if generation.leases.get() == 0 {
+            return;
+        }
         for entry in generation.filled[..generation.len.get()].iter().filter_map(Cell::get) {
             if entry.lent() == Some((loc, context, Lent::Leased)) {
                 entry.displace();

@@ -79,14 +79,8 @@ pub struct FieldDesc<T: 'static> {
     pub(crate) owner: &'static StructDesc,
     pub(crate) slot: SlotCell,
     pub(crate) default: Option<fn() -> T>,
-    wrap: fn(T) -> Stored,
-    /// For an inherited field: a stored count as `Arc<T>` (the downcast
-    /// needs `T: Send + Sync`, which only `shared` can name).
-    pub(crate) typed_arc: fn(SharedArc) -> Option<Arc<T>>,
-    /// For an inherited field: a typed count as the map stores it.
-    pub(crate) share: Option<fn(Arc<T>) -> SharedArc>,
-    /// For an inherited field: `T::clone` (for `update` through the cache).
-    pub(crate) unshare: Option<fn(&T) -> T>,
+    /// How the field's values are stored, picked by the constructor for `T`.
+    pub(crate) forms: Forms<T>,
     /// The one cache entries of this field may live in (the derive gives
     /// each field one). Two caches for one field would each answer from
     /// what they last saw.
@@ -105,12 +99,13 @@ impl<T: 'static> FieldDesc<T> {
     where
         T: TaskValue + InheritedValue,
     {
-        FieldDesc {
+        let forms = Forms {
+            wrap: wrap_shared::<T>,
             typed_arc: typed_arc::<T>,
             share: Some(share::<T>),
             unshare: Some(T::clone),
-            ..FieldDesc::build(name, owner, Space::Shared, default, wrap_shared::<T>)
-        }
+        };
+        FieldDesc::build(name, owner, Space::Shared, default, forms)
     }
 
     /// A task-scoped field that child contexts do not inherit.
@@ -118,12 +113,12 @@ impl<T: 'static> FieldDesc<T> {
     where
         T: TaskValue,
     {
-        FieldDesc::build(name, owner, Space::Local, default, wrap_local::<T>)
+        FieldDesc::build(name, owner, Space::Local, default, Forms::owned(wrap_local::<T>))
     }
 
     /// A thread-scoped field.
     pub const fn thread(name: &'static str, owner: &'static StructDesc, default: Option<fn() -> T>) -> FieldDesc<T> {
-        FieldDesc::build(name, owner, Space::Thread, default, wrap_thread::<T>)
+        FieldDesc::build(name, owner, Space::Thread, default, Forms::owned(wrap_thread::<T>))
     }
 
     const fn build(
@@ -131,21 +126,9 @@ impl<T: 'static> FieldDesc<T> {
         owner: &'static StructDesc,
         space: Space,
         default: Option<fn() -> T>,
-        wrap: fn(T) -> Stored,
+        forms: Forms<T>,
     ) -> FieldDesc<T> {
-        FieldDesc {
-            name,
-            owner,
-            slot: SlotCell::new(space),
-            default,
-            wrap,
-            typed_arc: no_arc::<T>,
-            share: None,
-            unshare: None,
-            cache: None,
-            log: None,
-            baggage: None,
-        }
+        FieldDesc { name, owner, slot: SlotCell::new(space), default, forms, cache: None, log: None, baggage: None }
     }
 
     /// Marks the field for log lines: `key=value`, formatted by `format`.
@@ -163,15 +146,10 @@ impl<T: 'static> FieldDesc<T> {
         FieldDesc { cache: Some(cache), ..self }
     }
 
-    /// How the field's values are stored, for its cache entries.
-    pub(crate) fn forms(&self) -> Forms<T> {
-        Forms { wrap: self.wrap, share: self.share, unshare: self.unshare }
-    }
-
     /// `value` in the form this field's space stores.
     #[inline]
     pub(crate) fn wrap(&self, value: T) -> Stored {
-        (self.wrap)(value)
+        (self.forms.wrap)(value)
     }
 
     /// The field's slot; the first use in the process registers a logged
@@ -200,10 +178,6 @@ fn typed_arc<T: TaskValue + InheritedValue>(count: SharedArc) -> Option<Arc<T>> 
 
 fn share<T: TaskValue + InheritedValue>(count: Arc<T>) -> SharedArc {
     count
-}
-
-fn no_arc<T>(_: SharedArc) -> Option<Arc<T>> {
-    None
 }
 
 fn wrap_local<T: TaskValue>(value: T) -> Stored {

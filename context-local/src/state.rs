@@ -216,23 +216,20 @@ impl ThreadState {
     #[cold]
     #[inline(never)]
     fn settle_listed(&mut self) {
-        let mut displaced = Vec::new();
-        crate::cache::settle(&mut |loc, context, value| displaced.extend(self.write_back(loc, context, value)));
-        // Values of types whose `Drop` runs no user code.
-        drop(displaced);
+        crate::cache::settle(&mut |loc, context, value| drop(self.write_back(loc, context, value)));
     }
 
     /// Writes the cache's dirty entries back, leaving them current.
     #[cold]
     fn write_back_cache(&mut self) {
-        let mut displaced = Vec::new();
-        crate::cache::write_back(&mut |loc, context, value| displaced.extend(self.write_back(loc, context, value)));
-        drop(displaced);
+        crate::cache::write_back(&mut |loc, context, value| drop(self.write_back(loc, context, value)));
     }
 
     /// Stores a value a cache entry held for `loc` in `context`; returns what
     /// is left to drop (the value displaced, or this one if the context is
-    /// no longer the one here, which no path allows).
+    /// no longer the one here, which no path allows). Only values of types
+    /// whose `Drop` runs no user code come here, so they may be dropped
+    /// with the state borrowed.
     fn write_back(&mut self, loc: Loc, context: u64, value: Stored) -> Option<Stored> {
         if self.context_of(loc) != context {
             return Some(value);

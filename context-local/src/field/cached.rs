@@ -28,14 +28,20 @@ impl<T: 'static> Field<T> {
     /// writable; the full path otherwise.
     #[inline(always)]
     pub(super) fn store(&self, value: T) -> Result<(), AccessError> {
-        let value = match (self.cache, unseen_drop::<T>()) {
-            (Some(key), true) => match cache::write(key, self.identity(), self.task_scoped(), value) {
-                Ok(()) => return Ok(()),
-                Err(value) => value,
-            },
-            _ => value,
-        };
-        self.store_uncached(value)
+        match self.store_cached(value) {
+            Ok(()) => Ok(()),
+            Err(value) => self.store_uncached(value),
+        }
+    }
+
+    /// Writes `value` into the cache entry, if the type and the entry allow
+    /// it; `value` back otherwise.
+    #[inline(always)]
+    fn store_cached(&self, value: T) -> Result<(), T> {
+        match (self.cache, unseen_drop::<T>()) {
+            (Some(key), true) => cache::write(key, self.identity(), self.task_scoped(), value),
+            _ => Err(value),
+        }
     }
 
     #[inline(never)]
@@ -43,14 +49,12 @@ impl<T: 'static> Field<T> {
         // A value is here to fill the entry from: write into the entry, so
         // the context is not copied now (a snapshot may share it) but once,
         // when it is next looked at.
-        let value = match self.cache {
-            Some(key) if unseen_drop::<T>() && self.fill_cache() => {
-                match cache::write(key, self.identity(), self.task_scoped(), value) {
-                    Ok(()) => return Ok(()),
-                    Err(value) => value,
-                }
-            }
-            _ => value,
+        let value = match unseen_drop::<T>() && self.fill_cache() {
+            true => match self.store_cached(value) {
+                Ok(()) => return Ok(()),
+                Err(value) => value,
+            },
+            false => value,
         };
         drop_contained(self.write(Some(value))?);
         if unseen_drop::<T>() {
@@ -80,27 +84,28 @@ impl<T: 'static> Field<T> {
     where
         T: Clone,
     {
-        let clone = match self.fill_cache() {
-            true => match self.cached(plain_clone::<T>(), clone) {
-                Ok(value) => return Ok(value),
-                Err(clone) => clone,
-            },
-            false => clone,
-        };
-        self.read(plain_clone::<T>(), Fill::<fn() -> T>::Default, clone)
+        match self.filled(plain_clone::<T>(), clone) {
+            Ok(value) => Ok(value),
+            Err(clone) => self.read(plain_clone::<T>(), Fill::<fn() -> T>::Default, clone),
+        }
     }
 
     /// `with` when the cache could not answer (see `get_uncached`).
     #[inline(never)]
     pub(super) fn with_uncached<R>(&self, f: impl FnOnce(&T) -> R) -> Result<R, AccessError> {
-        let f = match self.fill_cache() {
-            true => match self.cached(false, f) {
-                Ok(result) => return Ok(result),
-                Err(f) => f,
-            },
-            false => f,
-        };
-        self.lend(f)
+        match self.filled(false, f) {
+            Ok(result) => Ok(result),
+            Err(f) => self.lend(f),
+        }
+    }
+
+    /// [`cached`](Field::cached) after filling the entry; `op` back if there
+    /// was nothing to fill it from.
+    fn filled<R, F: FnOnce(&T) -> R>(&self, plain: bool, op: F) -> Result<R, F> {
+        match self.fill_cache() {
+            true => self.cached(plain, op),
+            false => Err(op),
+        }
     }
 
     /// Fills this thread's cache entry from the value here, if there is one
@@ -115,14 +120,14 @@ impl<T: 'static> Field<T> {
         let loc = self.loc();
         let name = self.desc.name;
         let generation = cache::generation();
-        let (field, forms) = (self.identity(), self.desc.forms());
+        let (field, forms) = (self.identity(), &self.desc.forms);
         let entry = state::for_cache(|state| {
             state.check_scope(name, loc.space).ok()?;
             state.check_readable(loc, name).ok()?;
             let held = match loc.space {
                 Space::Shared => {
                     let count = state.current.get_shared(loc.index)?.clone();
-                    Held::Shared((self.desc.typed_arc)(count)?)
+                    Held::Shared((forms.typed_arc)(count)?)
                 }
                 Space::Thread => Held::Thread(state.thread_rc(loc.index)?.clone().downcast::<T>().ok()?),
                 Space::Local => return None,
