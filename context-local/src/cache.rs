@@ -9,6 +9,9 @@
 //! says when it was taken: the thread's generation number then, the task
 //! that owned the context (the access checks it is still that task), the
 //! field (so an entry only ever answers for its own field), and the context.
+//! For a scalar type (`word.rs`) the cache also keeps a copy of the entry's
+//! value as a `u64` with the same marks, which `get` reads without borrowing
+//! the entry: no count changes, nothing written.
 //!
 //! For a type whose `Clone` and `Drop` run no user code and whose values own
 //! what they hold alone (integers, `String`, ...: see `value::unseen_drop`),
@@ -35,13 +38,15 @@
 //!   write back.
 
 use std::cell::{Cell, RefCell};
+use std::mem::ManuallyDrop;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::thread::LocalKey;
 
 use crate::running::Owner;
 use crate::slot::{Loc, Space};
-use crate::value::{drop_contained, drop_each, end_after, Drops, SharedArc, Stored};
+use crate::value::{drop_contained, drop_each, end_after, SharedArc, Stored};
+use crate::word::{from_word, is_word, to_word};
 
 /// The value an entry holds.
 pub(crate) enum Held<T: 'static> {
@@ -84,9 +89,6 @@ pub(crate) struct Entry<T: 'static> {
     /// `init` had run when the entry was filled.
     pub(crate) writable: bool,
     pub(crate) held: Held<T>,
-    /// Where a dirty value goes if the cache is torn down before the state
-    /// at thread exit (a destructor that runs later may still read it).
-    pub(crate) home: fn(Loc, u64, Stored),
 }
 
 /// How a field's values are stored: kept in the field's descriptor, read
@@ -127,7 +129,7 @@ fn take_dirty<T: 'static>(slot: &mut Option<Entry<T>>, keep: bool) -> Option<(Lo
     if !matches!(slot, Some(Entry { held: Held::Owned(_), .. })) {
         return None;
     }
-    let Entry { generation, owner, field, forms, loc, context, writable, held, home } = slot.take()?;
+    let Entry { generation, owner, field, forms, loc, context, writable, held } = slot.take()?;
     let Held::Owned(value) = held else { return None };
     let (kept, stored) = match (keep, loc.space, forms.share) {
         (true, Space::Shared, Some(share)) => {
@@ -140,14 +142,18 @@ fn take_dirty<T: 'static>(slot: &mut Option<Entry<T>>, keep: bool) -> Option<(Lo
         }
         _ => (None, (forms.wrap)(value)),
     };
-    *slot = kept.map(|held| Entry { generation, owner, field, forms, loc, context, writable, held, home });
+    *slot = kept.map(|held| Entry { generation, owner, field, forms, loc, context, writable, held });
     Some((loc, context, stored))
 }
 
 /// One field's cache on one thread. Made only by the derive, one per field.
+///
+/// It has no destructor, so reaching it costs no check that the thread is
+/// exiting: at thread exit the state's teardown lets go of every filled
+/// entry (every filled entry is listed), before any value is dropped.
 #[doc(hidden)]
 pub struct Cache<T: 'static> {
-    entry: RefCell<Option<Entry<T>>>,
+    entry: ManuallyDrop<RefCell<Option<Entry<T>>>>,
     /// Whether the entry is in this thread's list of filled entries.
     listed: Cell<bool>,
     /// While `update` has the entry's value: the slot and context (the
@@ -157,35 +163,52 @@ pub struct Cache<T: 'static> {
     /// (a guard restoring it, say): the later write wins, the entry's value
     /// is dropped instead of written back.
     displaced: Cell<bool>,
+    /// For a scalar type: a copy of the entry's value.
+    word: Word,
+}
+
+/// A copy of a current entry's scalar value (see `word.rs`), read without
+/// borrowing the entry. Current while `at` is the thread's generation:
+/// then the entry is there, filled at `at` for `field` owned by `owner`,
+/// holds the value `bits` stands for, and no `update` has it. Every change
+/// to the entry keeps it so or sets `at` to 0.
+struct Word {
+    bits: Cell<u64>,
+    at: Cell<u64>,
+    field: Cell<usize>,
+    owner: Cell<Owner>,
 }
 
 impl<T: 'static> Cache<T> {
     /// An empty cache.
     pub const fn new() -> Cache<T> {
         Cache {
-            entry: RefCell::new(None),
+            entry: ManuallyDrop::new(RefCell::new(None)),
             listed: Cell::new(false),
             leased: Cell::new(None),
             displaced: Cell::new(false),
+            word: Word { bits: Cell::new(0), at: Cell::new(0), field: Cell::new(0), owner: Cell::new(Owner::NONE) },
         }
     }
-}
 
-impl<T: 'static> Drop for Cache<T> {
-    /// At thread exit. If the state is torn down first, it lets go of the
-    /// entry; otherwise a dirty value goes back to the state now. A count
-    /// dropped here is not the last; contained all the same, as a panic
-    /// here would abort the process.
-    fn drop(&mut self) {
-        let entry = self.entry.get_mut();
-        let home = entry.as_ref().map(|entry| entry.home);
-        let mut drops = Drops::default();
-        if let (Some(home), Some((loc, context, value))) = (home, take_dirty(entry, false)) {
-            // Writing back runs no user code (see `state::write_back_late`).
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || home(loc, context, value)));
+    /// Makes the word a copy of `entry`'s value, if its type is a scalar.
+    #[inline(always)]
+    fn copy_word(&self, entry: &Entry<T>) {
+        match to_word(entry.held.value()) {
+            Some(bits) => {
+                self.word.bits.set(bits);
+                self.word.field.set(entry.field);
+                self.word.owner.set(entry.owner);
+                self.word.at.set(entry.generation);
+            }
+            None => self.forget_word(),
         }
-        drops.drop_one(entry.take());
-        drops.swallow();
+    }
+
+    /// The word is no longer a copy of anything.
+    #[inline(always)]
+    fn forget_word(&self) {
+        self.word.at.set(0);
     }
 }
 
@@ -390,6 +413,7 @@ impl<T: 'static> Listed for LocalKey<Cache<T>> {
         let taken = self.try_with(|cache| match cache.entry.try_borrow_mut() {
             Ok(mut slot) => {
                 cache.listed.set(false);
+                cache.forget_word();
                 let dirty = take_dirty(&mut slot, false);
                 let displaced = cache.displaced.replace(false);
                 Ok((dirty, displaced, slot.take()))
@@ -456,12 +480,13 @@ pub(crate) fn same_cache<T: 'static>(a: &'static LocalKey<Cache<T>>, b: &'static
 }
 
 /// Stores `entry` in `key`'s cache and lists it. `false` if the cache is
-/// lent to a closure or torn down (then the entry is dropped: a count the
+/// lent to a closure or the list is full (then the entry is dropped: a count the
 /// slot also holds).
 pub(crate) fn fill<T: 'static>(key: &'static LocalKey<Cache<T>>, entry: Entry<T>) -> bool {
     let mut entry = Some(entry);
     let stored = key.try_with(|cache| {
         let Ok(mut slot) = cache.entry.try_borrow_mut() else { return None };
+        cache.forget_word();
         let old = std::mem::replace(&mut *slot, entry.take());
         let first = !cache.listed.replace(true);
         Some((old, first))
@@ -481,7 +506,35 @@ pub(crate) fn fill<T: 'static>(key: &'static LocalKey<Cache<T>>, entry: Entry<T>
         return false;
     }
     drop_each(old);
+    if is_word::<T>() {
+        let _ = key.try_with(|cache| {
+            if let Ok(Some(entry)) = cache.entry.try_borrow().as_deref() {
+                cache.copy_word(entry);
+            }
+        });
+    }
     true
+}
+
+/// The field's value from `key`'s word, if it is current for `field` (and,
+/// `check_owner`, the task running now owns the context): a scalar read
+/// that borrows nothing.
+#[inline(always)]
+pub(crate) fn read_word<T: 'static>(key: &'static LocalKey<Cache<T>>, field: usize, check_owner: bool) -> Option<T> {
+    if !is_word::<T>() {
+        return None;
+    }
+    let generation = generation();
+    key.with(|cache| {
+        let word = &cache.word;
+        if word.at.get() != generation || word.field.get() != field {
+            return None;
+        }
+        if check_owner && word.owner.get() != Owner::running() {
+            return None;
+        }
+        from_word(word.bits.get())
+    })
 }
 
 /// Runs `op` on the cached value if `key`'s entry is current for `field`
@@ -546,7 +599,11 @@ pub(crate) fn write<T: 'static>(
         if !entry.answers(generation, field, check_owner) || !entry.writable {
             return None;
         }
-        Some(std::mem::replace(&mut entry.held, Held::Owned(value.take()?)))
+        let old = std::mem::replace(&mut entry.held, Held::Owned(value.take()?));
+        if cache.word.at.get() == generation {
+            cache.copy_word(entry);
+        }
+        Some(old)
     });
     match old {
         Ok(Some(old)) => {
@@ -603,8 +660,14 @@ pub(crate) fn update<T: 'static, R, F: FnOnce(&mut T) -> R>(
                 generation.leases.set(generation.leases.get() + 1);
             });
             cache.leased.set(Some((entry.loc, entry.context)));
+            cache.forget_word();
             after = Leased { cache, generation, settle };
-            op.take()?(value)
+            let result = op.take()?(value);
+            if is_word::<T>() {
+                // Stale at once if `op` changed the thread's state.
+                cache.copy_word(entry);
+            }
+            result
         };
         if current_generation() == generation {
             // Nothing to settle: ending the lease runs no user code.
@@ -664,6 +727,7 @@ impl<T: 'static> Stale<T> {
         let stale = self.key.try_with(|cache| {
             let mut entry = cache.entry.try_borrow_mut().ok()?;
             if entry.as_ref().is_some_and(|entry| entry.generation != generation()) {
+                cache.forget_word();
                 entry.take()
             } else {
                 None

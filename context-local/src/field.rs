@@ -104,6 +104,12 @@ impl<T: 'static> Field<T> {
         self.desc
     }
 
+    /// The field's read cache, if it has one (for tests of the cache).
+    #[doc(hidden)]
+    pub const fn __cache(&self) -> Option<&'static LocalKey<Cache<T>>> {
+        self.cache
+    }
+
     /// A field with a read cache. An entry answers only for the field that
     /// filled it, so a cache shared between fields costs speed, never
     /// correctness.
@@ -186,11 +192,14 @@ impl<T: 'static> Field<T> {
     /// Db::url().set("sqlite::memory:".into());
     /// assert_eq!(Db::url().try_get().as_deref(), Ok("sqlite::memory:"));
     /// ```
-    #[inline]
+    #[inline(always)]
     pub fn try_get(&self) -> Result<T, AccessError>
     where
         T: Clone,
     {
+        if let Some(value) = self.cached_word() {
+            return Ok(value);
+        }
         match self.cached(plain_clone::<T>(), T::clone) {
             Ok(value) => Ok(value),
             Err(clone) => self.get_uncached(clone),

@@ -211,6 +211,7 @@ mod state;
 mod stream;
 mod switch;
 mod value;
+mod word;
 
 #[doc(hidden)]
 pub mod __private {

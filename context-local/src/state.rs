@@ -182,15 +182,6 @@ fn write_back_dirty() {
     }
 }
 
-/// Stores a value a cache entry held, if the state is still there: for a
-/// cache torn down before the state at thread exit. The value it displaces
-/// (of a type whose `Drop` runs no user code) is dropped.
-pub(crate) fn write_back_late(loc: Loc, context: u64, value: Stored) {
-    let displaced =
-        STATE.try_with(|cell| cell.try_borrow_mut().ok().and_then(|mut state| state.write_back(loc, context, value)));
-    drop(displaced);
-}
-
 /// Runs `f` on this thread's state, borrowed shared, without scope checks.
 #[inline]
 pub(crate) fn peek_state<R>(f: impl FnOnce(&ThreadState) -> R) -> Result<R, Blocked> {

@@ -286,9 +286,9 @@ fn a_destructor_at_thread_exit_reads_the_last_write() {
         thread_local! {
             static AT_EXIT: std::cell::RefCell<Option<ReadsAtExit>> = const { std::cell::RefCell::new(None) };
         }
-        // The library's state first, then the reader, then the fields'
-        // caches: at exit the caches go first, the reader reads with the
-        // state still there.
+        // The library's state first, then the reader: at exit the reader's
+        // destructor runs first and reads with the state (and the writes
+        // still in the fields' caches) there.
         drop(Context::current());
         AT_EXIT.with_borrow_mut(|slot| *slot = Some(ReadsAtExit(send)));
         for n in 0..3 {
@@ -397,6 +397,28 @@ fn a_cache_shared_by_two_fields_by_hand_never_mixes_their_values() {
             assert_eq!(second.get(), Some(2));
             assert_eq!(first.with(|v| *v), Some(1));
             assert_eq!(second.with(|v| *v), Some(2));
+        }
+    });
+}
+
+#[test]
+fn a_field_named_with_another_fields_cache_never_reads_its_value() {
+    // The other field fills its cache (and the copy a scalar read uses);
+    // the field named with that cache by hand must not answer from it.
+    let real = Request::id();
+    let key = real.__cache().expect("the derive gives every field a cache");
+    let forged = Field::__cached(field_desc(Wide::f00()), key);
+    let mut ctx = Context::new();
+    ctx.run(|| {
+        real.set(1);
+        forged.set(2);
+        for n in 0..3 {
+            assert_eq!(real.get(), Some(1 + n));
+            assert_eq!(forged.get(), Some(2 + n));
+            assert_eq!(Wide::f00().get(), Some(2 + n));
+            assert_eq!(forged.with(|v| *v), Some(2 + n));
+            real.update(|v| *v += 1);
+            forged.update(|v| *v += 1);
         }
     });
 }

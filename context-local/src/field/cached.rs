@@ -23,6 +23,13 @@ impl<T: 'static> Field<T> {
         }
     }
 
+    /// The value from this thread's cache entry's word, for a scalar type
+    /// whose entry is current (see `cache::read_word`).
+    #[inline(always)]
+    pub(super) fn cached_word(&self) -> Option<T> {
+        cache::read_word(self.cache?, self.identity(), self.task_scoped())
+    }
+
     /// `set`: into the cache entry when nothing can tell when the type's
     /// values are dropped (`value::unseen_drop`) and the entry is current and
     /// writable; the full path otherwise.
@@ -80,7 +87,7 @@ impl<T: 'static> Field<T> {
     /// `get` when the cache could not answer: fills it and answers from it,
     /// or takes the full path (`init`, `default`, misuse errors).
     #[inline(never)]
-    pub(super) fn get_uncached(&self, clone: impl FnOnce(&T) -> T) -> Result<T, AccessError>
+    pub(super) fn get_uncached(self, clone: impl FnOnce(&T) -> T) -> Result<T, AccessError>
     where
         T: Clone,
     {
@@ -134,8 +141,7 @@ impl<T: 'static> Field<T> {
             };
             let writable = self.writable_here(state, loc);
             let context = state.context_for_cache(loc);
-            let home = state::write_back_late;
-            Some(Entry { generation, owner: state.owner, field, forms, loc, context, writable, held, home })
+            Some(Entry { generation, owner: state.owner, field, forms, loc, context, writable, held })
         });
         entry.is_some_and(|entry| cache::fill(key, entry))
     }
