@@ -5,8 +5,8 @@
 //! and one entry, no walk through the context's map and no downcast. Anything
 //! else takes the full path and refills the entry.
 //!
-//! An entry holds a count of the value (`Arc`/`Rc`), taken from the slot, and
-//! says when it was taken: the thread's generation number then, the task
+//! An entry holds a count of the value (`Arc`/`Rc`), taken from the slot, or
+//! for a scalar type (`word.rs`) a copy of it, and says when it was taken: the thread's generation number then, the task
 //! that owned the context (the access checks it is still that task), the
 //! field (so an entry only ever answers for its own field), and the context.
 //! For a scalar type (`word.rs`) the cache also keeps a copy of the entry's
@@ -46,7 +46,7 @@ use std::thread::LocalKey;
 use crate::running::Owner;
 use crate::slot::{Loc, Space};
 use crate::value::{drop_contained, drop_each, end_after, SharedArc, Stored};
-use crate::word::{from_word, is_word, to_word};
+use crate::word::{copy_of, from_word, is_word, to_word};
 
 /// The value an entry holds.
 pub(crate) enum Held<T: 'static> {
@@ -54,6 +54,9 @@ pub(crate) enum Held<T: 'static> {
     Shared(Arc<T>),
     /// A count of a thread-scoped value.
     Thread(Rc<T>),
+    /// A copy of a scalar value its slot also holds (`word.rs`): no count
+    /// to take or give back.
+    Copied(T),
     /// A value `set` wrote here and not yet into the slot (dirty).
     Owned(T),
 }
@@ -64,6 +67,7 @@ impl<T> Held<T> {
         match self {
             Held::Shared(value) => value,
             Held::Thread(value) => value,
+            Held::Copied(value) => value,
             Held::Owned(value) => value,
         }
     }
@@ -131,7 +135,9 @@ fn take_dirty<T: 'static>(slot: &mut Option<Entry<T>>, keep: bool) -> Option<(Lo
     }
     let Entry { generation, owner, field, forms, loc, context, writable, held } = slot.take()?;
     let Held::Owned(value) = held else { return None };
+    let copy = if keep { copy_of::<T>(&value) } else { None };
     let (kept, stored) = match (keep, loc.space, forms.share) {
+        (true, _, _) if copy.is_some() => (copy.map(Held::Copied), (forms.wrap)(value)),
         (true, Space::Shared, Some(share)) => {
             let count = Arc::new(value);
             (Some(Held::Shared(count.clone())), Stored::Shared(share(count)))
@@ -480,40 +486,31 @@ pub(crate) fn same_cache<T: 'static>(a: &'static LocalKey<Cache<T>>, b: &'static
 }
 
 /// Stores `entry` in `key`'s cache and lists it. `false` if the cache is
-/// lent to a closure or the list is full (then the entry is dropped: a count the
-/// slot also holds).
+/// lent to a closure or the list is full (then the entry is dropped: a count
+/// the slot also holds). Inlined, so the entry is built where it is stored.
+#[inline(always)]
 pub(crate) fn fill<T: 'static>(key: &'static LocalKey<Cache<T>>, entry: Entry<T>) -> bool {
-    let mut entry = Some(entry);
-    let stored = key.try_with(|cache| {
-        let Ok(mut slot) = cache.entry.try_borrow_mut() else { return None };
-        cache.forget_word();
-        let old = std::mem::replace(&mut *slot, entry.take());
-        let first = !cache.listed.replace(true);
-        Some((old, first))
-    });
-    let Ok(Some((old, first))) = stored else {
-        drop_each(entry);
-        return false;
-    };
-    if first && !list(key) {
-        // Not listed, so nothing would let go of it: empty it again.
-        let unlisted = key.try_with(|cache| {
-            cache.listed.set(false);
-            cache.entry.try_borrow_mut().ok().and_then(|mut slot| slot.take())
-        });
-        drop_each(unlisted.ok().flatten());
-        drop_each(old);
-        return false;
-    }
-    drop_each(old);
-    if is_word::<T>() {
-        let _ = key.try_with(|cache| {
-            if let Ok(Some(entry)) = cache.entry.try_borrow().as_deref() {
-                cache.copy_word(entry);
+    let placed = key.with(|cache| {
+        let Ok(mut slot) = cache.entry.try_borrow_mut() else { return Err(entry) };
+        if !cache.listed.get() {
+            if !list(key) {
+                return Err(entry);
             }
-        });
+            cache.listed.set(true);
+        }
+        cache.copy_word(&entry);
+        Ok(slot.replace(entry))
+    });
+    match placed {
+        Ok(old) => {
+            drop_each(old);
+            true
+        }
+        Err(entry) => {
+            drop_contained(entry);
+            false
+        }
     }
-    true
 }
 
 /// The field's value from `key`'s word, if it is current for `field` (and,
@@ -648,6 +645,7 @@ pub(crate) fn update<T: 'static, R, F: FnOnce(&mut T) -> R>(
             let unshared = match &entry.held {
                 Held::Owned(_) => None,
                 Held::Shared(count) => Some(entry.forms.unshare?(count)),
+                Held::Copied(value) => Some(copy_of::<T>(value)?),
                 Held::Thread(_) => return None,
             };
             if let Some(value) = unshared {

@@ -45,6 +45,16 @@ macro_rules! each_word {
     };
 }
 
+/// A copy of `value`, if its type is a scalar: read from the value as
+/// stored, without taking a count of it.
+#[inline(always)]
+pub(crate) fn copy_of<T: 'static>(value: &dyn Any) -> Option<T> {
+    if !is_word::<T>() {
+        return None;
+    }
+    from_word(to_word(value.downcast_ref::<T>()?)?)
+}
+
 each_word! {
     u64 => |v| v, |w| Some(w);
     i64 => |v| v as u64, |w| Some(w as i64);
@@ -92,6 +102,13 @@ mod tests {
         round_trip(&[0.0f32, -1.5, f32::NEG_INFINITY]);
         let nan = from_word::<f64>(to_word(&f64::NAN).expect("f64")).expect("f64");
         assert!(nan.is_nan());
+    }
+
+    #[test]
+    fn a_copy_is_made_only_of_a_scalar_of_the_type_asked_for() {
+        assert_eq!(copy_of::<u64>(&7u64), Some(7));
+        assert_eq!(copy_of::<u32>(&7u64), None);
+        assert_eq!(copy_of::<String>(&String::from("x")), None);
     }
 
     #[test]

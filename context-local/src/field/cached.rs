@@ -7,6 +7,7 @@ use crate::error::AccessError;
 use crate::slot::{Loc, Space};
 use crate::state::{self, with_state, ThreadState};
 use crate::value::{drop_contained, plain_clone, unseen_drop};
+use crate::word::copy_of;
 
 impl<T: 'static> Field<T> {
     /// `op` run on the value in this thread's cache entry, if the entry is
@@ -133,10 +134,19 @@ impl<T: 'static> Field<T> {
             state.check_readable(loc, name).ok()?;
             let held = match loc.space {
                 Space::Shared => {
-                    let count = state.current.get_shared(loc.index)?.clone();
-                    Held::Shared((forms.typed_arc)(count)?)
+                    let count = state.current.get_shared(loc.index)?;
+                    match copy_of::<T>(&**count) {
+                        Some(value) => Held::Copied(value),
+                        None => Held::Shared((forms.typed_arc)(count.clone())?),
+                    }
                 }
-                Space::Thread => Held::Thread(state.thread_rc(loc.index)?.clone().downcast::<T>().ok()?),
+                Space::Thread => {
+                    let count = state.thread_rc(loc.index)?;
+                    match copy_of::<T>(&**count) {
+                        Some(value) => Held::Copied(value),
+                        None => Held::Thread(count.clone().downcast::<T>().ok()?),
+                    }
+                }
                 Space::Local => return None,
             };
             let writable = self.writable_here(state, loc);
