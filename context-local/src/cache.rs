@@ -174,13 +174,14 @@ pub struct Cache<T: 'static> {
 }
 
 /// A copy of a current entry's scalar value (see `word.rs`), read without
-/// borrowing the entry. Current while `at` is the thread's generation:
-/// then the entry is there, filled at `at` for `field` owned by `owner`,
-/// holds the value `bits` stands for, and no `update` has it. Every change
-/// to the entry keeps it so or sets `at` to 0.
+/// borrowing the entry and without the thread's generation: `field` names a
+/// field only while the entry is current for it, holds the value `bits`
+/// stands for, was filled for `owner`, and no `update` has it. It is set
+/// only from a current entry, and cleared (0) by every change of the entry,
+/// by every lease, and by every change of the thread's state: each one lets
+/// go of every listed cache, and a cache with a word is listed.
 struct Word {
     bits: Cell<u64>,
-    at: Cell<u64>,
     field: Cell<usize>,
     owner: Cell<Owner>,
 }
@@ -193,28 +194,28 @@ impl<T: 'static> Cache<T> {
             listed: Cell::new(false),
             leased: Cell::new(None),
             displaced: Cell::new(false),
-            word: Word { bits: Cell::new(0), at: Cell::new(0), field: Cell::new(0), owner: Cell::new(Owner::NONE) },
+            word: Word { bits: Cell::new(0), field: Cell::new(0), owner: Cell::new(Owner::NONE) },
         }
     }
 
-    /// Makes the word a copy of `entry`'s value, if its type is a scalar.
+    /// Makes the word a copy of `entry`'s value, if its type is a scalar
+    /// and the entry is current.
     #[inline(always)]
     fn copy_word(&self, entry: &Entry<T>) {
         match to_word(entry.held.value()) {
-            Some(bits) => {
+            Some(bits) if entry.generation == generation() => {
                 self.word.bits.set(bits);
-                self.word.field.set(entry.field);
                 self.word.owner.set(entry.owner);
-                self.word.at.set(entry.generation);
+                self.word.field.set(entry.field);
             }
-            None => self.forget_word(),
+            _ => self.forget_word(),
         }
     }
 
     /// The word is no longer a copy of anything.
     #[inline(always)]
     fn forget_word(&self) {
-        self.word.at.set(0);
+        self.word.field.set(0);
     }
 }
 
@@ -416,15 +417,19 @@ trait Listed {
 
 impl<T: 'static> Listed for LocalKey<Cache<T>> {
     fn settle(&'static self, write_back: WriteBack<'_>) -> bool {
-        let taken = self.try_with(|cache| match cache.entry.try_borrow_mut() {
-            Ok(mut slot) => {
-                cache.listed.set(false);
-                cache.forget_word();
-                let dirty = take_dirty(&mut slot, false);
-                let displaced = cache.displaced.replace(false);
-                Ok((dirty, displaced, slot.take()))
+        let taken = self.try_with(|cache| {
+            // Also when the entry is lent: the word must not outlive the
+            // change of state.
+            cache.forget_word();
+            match cache.entry.try_borrow_mut() {
+                Ok(mut slot) => {
+                    cache.listed.set(false);
+                    let dirty = take_dirty(&mut slot, false);
+                    let displaced = cache.displaced.replace(false);
+                    Ok((dirty, displaced, slot.take()))
+                }
+                Err(_) => Err(()),
             }
-            Err(_) => Err(()),
         });
         match taken {
             Ok(Ok((dirty, displaced, entry))) => {
@@ -521,10 +526,9 @@ pub(crate) fn read_word<T: 'static>(key: &'static LocalKey<Cache<T>>, field: usi
     if !is_word::<T>() {
         return None;
     }
-    let generation = generation();
     key.with(|cache| {
         let word = &cache.word;
-        if word.at.get() != generation || word.field.get() != field {
+        if word.field.get() != field {
             return None;
         }
         if check_owner && word.owner.get() != Owner::running() {
@@ -597,7 +601,7 @@ pub(crate) fn write<T: 'static>(
             return None;
         }
         let old = std::mem::replace(&mut entry.held, Held::Owned(value.take()?));
-        if cache.word.at.get() == generation {
+        if is_word::<T>() {
             cache.copy_word(entry);
         }
         Some(old)

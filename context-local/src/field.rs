@@ -16,6 +16,7 @@ use crate::state::{self, with_state, Ending, ThreadState, Token, Use};
 use crate::value::{
     drop_contained, drop_each, end_after, plain_clone, Contained, LocalBox, SharedArc, Stored, ThreadRc,
 };
+use crate::word::is_word;
 
 /// One field of a `#[derive(ContextLocal)]` struct, in whatever context is
 /// current where a method is called.
@@ -197,8 +198,11 @@ impl<T: 'static> Field<T> {
     where
         T: Clone,
     {
-        if let Some(value) = self.cached_word() {
-            return Ok(value);
+        if is_word::<T>() {
+            return match self.cached_word() {
+                Some(value) => Ok(value),
+                None => self.get_uncached(T::clone),
+            };
         }
         match self.cached(plain_clone::<T>(), T::clone) {
             Ok(value) => Ok(value),

@@ -402,6 +402,22 @@ fn a_cache_shared_by_two_fields_by_hand_never_mixes_their_values() {
 }
 
 #[test]
+fn a_scalar_lent_to_with_is_not_read_in_a_context_installed_inside() {
+    // The entry is lent to `with` when the inner `run` changes the state:
+    // the copy a scalar read uses must go stale with it.
+    let mut outer = Context::new();
+    outer.run(|| {
+        Request::id().set(1);
+        let seen = Request::id().with(|_| {
+            let mut inner = Context::new();
+            let inside = inner.run(|| Request::id().get());
+            (inside, Request::id().get())
+        });
+        assert_eq!(seen, Some((None, Some(1))));
+    });
+}
+
+#[test]
 fn a_field_named_with_another_fields_cache_never_reads_its_value() {
     // The other field fills its cache (and the copy a scalar read uses);
     // the field named with that cache by hand must not answer from it.
