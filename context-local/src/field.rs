@@ -412,7 +412,8 @@ impl<T: 'static> Field<T> {
     /// fields can be used freely. If a snapshot shares the value, it is cloned
     /// first, so the snapshot keeps the old one. The value is moved out of the
     /// context while `f` runs, so a snapshot taken inside `f` (a task spawned
-    /// from it, say) does not contain this field.
+    /// from it, say) does not contain this field. If `f` panics, the value as
+    /// `f` left it is put back and the panic goes on.
     ///
     /// # Panics
     ///

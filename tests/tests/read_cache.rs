@@ -465,3 +465,63 @@ fn a_second_cache_for_one_field_by_hand_never_answers_with_an_old_value() {
 fn field_desc(field: Field<u64>) -> &'static context_local::__private::FieldDesc<u64> {
     field.__desc()
 }
+
+#[derive(ContextLocal)]
+struct PanicNote {
+    count: u64,
+    text: String,
+    #[context_local(no_inherit)]
+    own: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct Plain(u64);
+
+#[derive(ContextLocal)]
+struct PanicPlain {
+    value: Plain,
+}
+
+/// Panics inside `f` after changing the value to what `change` makes it.
+fn update_then_panic<T: 'static>(field: Field<T>, change: impl FnOnce(&mut T)) {
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        field.update(|value| {
+            change(value);
+            panic!("inside update");
+        })
+    }));
+    assert!(outcome.is_err(), "the panic goes on");
+}
+
+#[test]
+fn a_panicking_update_puts_back_the_value_as_the_closure_left_it() {
+    let mut ctx = Context::new();
+    ctx.run(|| {
+        PanicNote::count().set(1);
+        PanicNote::text().set("a".to_string());
+        PanicNote::own().set(1);
+        PanicPlain::value().set(Plain(1));
+        ThreadNote::note().set(1);
+        // Warm entries first, so the cached paths take the update.
+        for _ in 0..2 {
+            update_then_panic(PanicNote::count(), |v| *v += 10);
+            update_then_panic(PanicNote::text(), |v| v.push('b'));
+            update_then_panic(PanicNote::own(), |v| *v += 10);
+            update_then_panic(PanicPlain::value(), |v| v.0 += 10);
+            update_then_panic(ThreadNote::note(), |v| *v += 10);
+        }
+        assert_eq!(PanicNote::count().get(), Some(21));
+        assert_eq!(PanicNote::text().get().as_deref(), Some("abb"));
+        assert_eq!(PanicNote::own().get(), Some(21));
+        assert_eq!(PanicPlain::value().get(), Some(Plain(21)));
+        assert_eq!(ThreadNote::note().get(), Some(21));
+        // And the context has them, not only this thread's cache.
+        let snapshot = Context::current();
+        let mut child = snapshot;
+        child.run(|| {
+            assert_eq!(PanicNote::count().get(), Some(21));
+            assert_eq!(PanicNote::text().get().as_deref(), Some("abb"));
+            assert_eq!(PanicPlain::value().get(), Some(Plain(21)));
+        });
+    });
+}

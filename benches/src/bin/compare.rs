@@ -13,18 +13,37 @@ enum Ratio {
     Overhead((&'static str, &'static str), (&'static str, &'static str), (&'static str, &'static str)),
     /// Bytes per pending task, from the memory bench's report.
     Memory(&'static str, &'static str),
+    /// `(peer + times × check) / peer`, the peer taken over `base` if there
+    /// is one: the lowest ratio an operation that does the peer's work plus
+    /// `times` owner checks can reach.
+    Floor { peer: (&'static str, &'static str), base: Option<(&'static str, &'static str)>, times: f64 },
 }
 
+/// One owner check: which task is running (`tokio::task::try_id`).
+const CHECK: (&str, &str) = ("get_u64", "tokio_try_id");
+
 /// Rows reported without a target: what a faster read costs elsewhere, and
-/// the floor a task-scoped read cannot go below.
-const REPORTED: [(&str, Ratio); 4] = [
+/// the floors the owner check puts under three targets.
+const REPORTED: [(&str, Ratio); 7] = [
     (
         "task-scope u64 get / tokio::task::try_id() alone",
         Ratio::Plain(("get_u64", "context_local_task"), ("get_u64", "tokio_try_id")),
     ),
     (
-        "tokio::task::try_id() alone / thread_local! Cell get",
+        "floor of task-scope get / Cell get: tokio::task::try_id() alone / thread_local! Cell get",
         Ratio::Plain(("get_u64", "tokio_try_id"), ("get_u64", "thread_local_cell")),
+    ),
+    (
+        "floor of with(len) / RefCell with_borrow(len): (with_borrow(len) + try_id) / with_borrow(len)",
+        Ratio::Floor { peer: ("string", "refcell_with_borrow_len"), base: None, times: 1.0 },
+    ),
+    (
+        "floor of per-poll in_context / task_local: (task_local poll + try_id) / task_local poll",
+        Ratio::Floor { peer: ("poll", "task_local_scope"), base: Some(("poll", "bare")), times: POLLS },
+    ),
+    (
+        "thread-scope u64 get / the thread_local crate's get",
+        Ratio::Plain(("get_u64", "context_local_thread"), ("get_u64", "thread_local_crate")),
     ),
     (
         "per-switch: empty Context::run / task_local sync_scope",
@@ -111,6 +130,10 @@ const RATIOS: [(&str, Ratio, f64); 16] = [
     ),
 ];
 
+/// Polls per `poll` bench iteration (`peers.rs`: 100 pending, then ready);
+/// an `in_context` poll checks the owner once.
+const POLLS: f64 = 101.0;
+
 fn median((group, bench): (&str, &str)) -> Result<f64, String> {
     median_ns(group, bench)
 }
@@ -131,6 +154,10 @@ fn compute(ratio: &Ratio) -> Result<f64, String> {
             Ok((median(*a)? - base) / (median(*b)? - base))
         }
         Ratio::Memory(a, b) => Ok(bytes_per_task(a)? / bytes_per_task(b)?),
+        Ratio::Floor { peer, base, times } => {
+            let peer = median(*peer)? - base.map_or(Ok(0.0), median)?;
+            Ok((peer + times * median(CHECK)?) / peer)
+        }
     }
 }
 
