@@ -5,13 +5,14 @@
 //! and one entry, no walk through the context's map and no downcast. Anything
 //! else takes the full path and refills the entry.
 //!
-//! An entry holds a count of the value (`Arc`/`Rc`), taken from the slot, or
-//! for a scalar type (`word.rs`) a copy of it, and says when it was taken: the thread's generation number then, the task
-//! that owned the context (the access checks it is still that task), the
-//! field (so an entry only ever answers for its own field), and the context.
-//! For a scalar type (`word.rs`) the cache also keeps a copy of the entry's
-//! value as a `u64` with the same marks, which `get` reads without borrowing
-//! the entry: no count changes, nothing written.
+//! An entry holds a count of the value (`Arc`/`Rc`) taken from the slot, or
+//! for a scalar type (`word.rs`) a copy of it, and says when it was taken:
+//! the thread's generation number then, the task that owned the context (the
+//! access checks it is still that task), the field (so an entry only ever
+//! answers for its own field), and the context. For a scalar type the cache
+//! also keeps the value as a `u64` beside the entry, named by the field and
+//! cleared by every change of the thread's state, which `get` reads without
+//! borrowing the entry or reading the generation (see [`Word`]).
 //!
 //! For a type whose `Clone` and `Drop` run no user code and whose values own
 //! what they hold alone (integers, `String`, ...: see `value::unseen_drop`),
@@ -31,7 +32,7 @@
 //!   cache. Every read of the state that is not a change writes dirty entries
 //!   back first ([`write_back`]), so it sees what the entries say.
 //! - An entry lent to a closure (`with`, or a `Clone` run by `get`) keeps its
-//!   count until the closure returns, like the count a `with` frame holds on
+//!   value until the closure returns, like the count a `with` frame holds on
 //!   the full path; [`lent_here`] tells writes that the field is in use, so
 //!   they are `Reentrant` as they would be there. A dirty entry is never lent
 //!   to user code (`with` writes it back first), so it is always there to
@@ -417,54 +418,43 @@ trait Listed {
 
 impl<T: 'static> Listed for LocalKey<Cache<T>> {
     fn settle(&'static self, write_back: WriteBack<'_>) -> bool {
-        let taken = self.try_with(|cache| {
+        // A cache has no destructor, so it is always there to reach.
+        let taken = self.with(|cache| {
             // Also when the entry is lent: the word must not outlive the
             // change of state.
             cache.forget_word();
-            match cache.entry.try_borrow_mut() {
-                Ok(mut slot) => {
-                    cache.listed.set(false);
-                    let dirty = take_dirty(&mut slot, false);
-                    let displaced = cache.displaced.replace(false);
-                    Ok((dirty, displaced, slot.take()))
-                }
-                Err(_) => Err(()),
-            }
+            let mut slot = cache.entry.try_borrow_mut().ok()?;
+            cache.listed.set(false);
+            let dirty = take_dirty(&mut slot, false);
+            let displaced = cache.displaced.replace(false);
+            Some((dirty, displaced, slot.take()))
         });
-        match taken {
-            Ok(Ok((dirty, displaced, entry))) => {
-                match dirty {
-                    // A value of a type whose `Drop` runs no user code.
-                    Some((.., value)) if displaced => drop(value),
-                    Some((loc, context, value)) => write_back(loc, context, value),
-                    None => {}
-                }
-                // A count the slot also holds: no user code runs.
-                drop_contained(entry);
-                true
-            }
-            Ok(Err(())) => false,
-            Err(_) => true,
+        let Some((dirty, displaced, entry)) = taken else { return false };
+        match dirty {
+            // A value of a type whose `Drop` runs no user code.
+            Some((.., value)) if displaced => drop(value),
+            Some((loc, context, value)) => write_back(loc, context, value),
+            None => {}
         }
+        // A count the slot also holds, or a copy: no user code runs.
+        drop_contained(entry);
+        true
     }
 
     fn write_back(&'static self, write_back: WriteBack<'_>) -> bool {
-        let dirty = self.try_with(|cache| match cache.entry.try_borrow_mut() {
-            Ok(mut slot) => Ok(take_dirty(&mut slot, true)),
-            Err(_) => Err(()),
-        });
+        let dirty = self.with(|cache| cache.entry.try_borrow_mut().ok().map(|mut slot| take_dirty(&mut slot, true)));
         match dirty {
-            Ok(Ok(Some((loc, context, value)))) => {
+            Some(Some((loc, context, value))) => {
                 write_back(loc, context, value);
                 true
             }
-            Ok(Ok(None)) | Err(_) => true,
-            Ok(Err(())) => false,
+            Some(None) => true,
+            None => false,
         }
     }
 
     fn lent(&'static self) -> Option<(Loc, u64, Lent)> {
-        self.try_with(|cache| {
+        self.with(|cache| {
             if cache.entry.try_borrow_mut().is_ok() {
                 return None;
             }
@@ -473,12 +463,10 @@ impl<T: 'static> Listed for LocalKey<Cache<T>> {
                 Err(_) => cache.leased.get().map(|(loc, context)| (loc, context, Lent::Leased)),
             }
         })
-        .ok()
-        .flatten()
     }
 
     fn displace(&'static self) {
-        let _ = self.try_with(|cache| cache.displaced.set(true));
+        self.with(|cache| cache.displaced.set(true));
     }
 }
 
@@ -486,8 +474,8 @@ impl<T: 'static> Listed for LocalKey<Cache<T>> {
 /// thread): a `thread_local!` key is a constant, so its address may differ
 /// where it is named; the object it leads to does not.
 pub(crate) fn same_cache<T: 'static>(a: &'static LocalKey<Cache<T>>, b: &'static LocalKey<Cache<T>>) -> bool {
-    let address = |key: &'static LocalKey<Cache<T>>| key.try_with(|cache| std::ptr::from_ref(cache) as usize).ok();
-    matches!((address(a), address(b)), (Some(a), Some(b)) if a == b)
+    let address = |key: &'static LocalKey<Cache<T>>| key.with(|cache| std::ptr::from_ref(cache) as usize);
+    address(a) == address(b)
 }
 
 /// Stores `entry` in `key`'s cache and lists it. `false` if the cache is
@@ -554,7 +542,7 @@ pub(crate) fn read<T: 'static, R, F: FnOnce(&T) -> R>(
 ) -> Result<R, F> {
     let generation = generation();
     let mut op = Some(op);
-    let done = key.try_with(|cache| {
+    let done = key.with(|cache| {
         // Declared first, so dropped after the borrow of the entry ends
         // (also when `op` panics).
         let stale = Stale { key, generation };
@@ -576,7 +564,7 @@ pub(crate) fn read<T: 'static, R, F: FnOnce(&T) -> R>(
         Some(end_after(stale, result))
     });
     match done {
-        Ok(Some(result)) => Ok(result),
+        Some(result) => Ok(result),
         _ => Err(op.take().expect("`op` is given back when it did not run")),
     }
 }
@@ -594,7 +582,7 @@ pub(crate) fn write<T: 'static>(
 ) -> Result<(), T> {
     let generation = generation();
     let mut value = Some(value);
-    let old = key.try_with(|cache| {
+    let old = key.with(|cache| {
         let mut entry = cache.entry.try_borrow_mut().ok()?;
         let entry = entry.as_mut()?;
         if !entry.answers(generation, field, check_owner) || !entry.writable {
@@ -607,7 +595,7 @@ pub(crate) fn write<T: 'static>(
         Some(old)
     });
     match old {
-        Ok(Some(old)) => {
+        Some(old) => {
             GENERATION.with(|generation| generation.dirty.set(true));
             drop(old);
             Ok(())
@@ -635,7 +623,7 @@ pub(crate) fn update<T: 'static, R, F: FnOnce(&mut T) -> R>(
 ) -> Result<R, F> {
     let generation = generation();
     let mut op = Some(op);
-    let done = key.try_with(|cache| {
+    let done = key.with(|cache| {
         // Declared first, so dropped after the borrow of the entry ends; set
         // once the value is leased (a nested `update` that finds the entry
         // borrowed must not end the outer one's lease).
@@ -679,7 +667,7 @@ pub(crate) fn update<T: 'static, R, F: FnOnce(&mut T) -> R>(
         Some(end_after(after, result))
     });
     match done {
-        Ok(Some(result)) => Ok(result),
+        Some(result) => Ok(result),
         _ => Err(op.take().expect("`op` is given back when it did not run")),
     }
 }
@@ -726,7 +714,7 @@ impl<T: 'static> Stale<T> {
         // Dropped by `read` after its borrow of the entry ends: the entry may
         // still be lent to an enclosing closure, then it stays listed. A
         // stale entry is never dirty (see `settle`).
-        let stale = self.key.try_with(|cache| {
+        let stale = self.key.with(|cache| {
             let mut entry = cache.entry.try_borrow_mut().ok()?;
             if entry.as_ref().is_some_and(|entry| entry.generation != generation()) {
                 cache.forget_word();
@@ -735,6 +723,6 @@ impl<T: 'static> Stale<T> {
                 None
             }
         });
-        drop_each(stale.ok().flatten());
+        drop_each(stale);
     }
 }
