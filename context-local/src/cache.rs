@@ -418,43 +418,54 @@ trait Listed {
 
 impl<T: 'static> Listed for LocalKey<Cache<T>> {
     fn settle(&'static self, write_back: WriteBack<'_>) -> bool {
-        // A cache has no destructor, so it is always there to reach.
-        let taken = self.with(|cache| {
+        let taken = self.try_with(|cache| {
             // Also when the entry is lent: the word must not outlive the
             // change of state.
             cache.forget_word();
-            let mut slot = cache.entry.try_borrow_mut().ok()?;
-            cache.listed.set(false);
-            let dirty = take_dirty(&mut slot, false);
-            let displaced = cache.displaced.replace(false);
-            Some((dirty, displaced, slot.take()))
+            match cache.entry.try_borrow_mut() {
+                Ok(mut slot) => {
+                    cache.listed.set(false);
+                    let dirty = take_dirty(&mut slot, false);
+                    let displaced = cache.displaced.replace(false);
+                    Ok((dirty, displaced, slot.take()))
+                }
+                Err(_) => Err(()),
+            }
         });
-        let Some((dirty, displaced, entry)) = taken else { return false };
-        match dirty {
-            // A value of a type whose `Drop` runs no user code.
-            Some((.., value)) if displaced => drop(value),
-            Some((loc, context, value)) => write_back(loc, context, value),
-            None => {}
+        match taken {
+            Ok(Ok((dirty, displaced, entry))) => {
+                match dirty {
+                    // A value of a type whose `Drop` runs no user code.
+                    Some((.., value)) if displaced => drop(value),
+                    Some((loc, context, value)) => write_back(loc, context, value),
+                    None => {}
+                }
+                // A count the slot also holds: no user code runs.
+                drop_contained(entry);
+                true
+            }
+            Ok(Err(())) => false,
+            Err(_) => true,
         }
-        // A count the slot also holds, or a copy: no user code runs.
-        drop_contained(entry);
-        true
     }
 
     fn write_back(&'static self, write_back: WriteBack<'_>) -> bool {
-        let dirty = self.with(|cache| cache.entry.try_borrow_mut().ok().map(|mut slot| take_dirty(&mut slot, true)));
+        let dirty = self.try_with(|cache| match cache.entry.try_borrow_mut() {
+            Ok(mut slot) => Ok(take_dirty(&mut slot, true)),
+            Err(_) => Err(()),
+        });
         match dirty {
-            Some(Some((loc, context, value))) => {
+            Ok(Ok(Some((loc, context, value)))) => {
                 write_back(loc, context, value);
                 true
             }
-            Some(None) => true,
-            None => false,
+            Ok(Ok(None)) | Err(_) => true,
+            Ok(Err(())) => false,
         }
     }
 
     fn lent(&'static self) -> Option<(Loc, u64, Lent)> {
-        self.with(|cache| {
+        self.try_with(|cache| {
             if cache.entry.try_borrow_mut().is_ok() {
                 return None;
             }
@@ -463,10 +474,12 @@ impl<T: 'static> Listed for LocalKey<Cache<T>> {
                 Err(_) => cache.leased.get().map(|(loc, context)| (loc, context, Lent::Leased)),
             }
         })
+        .ok()
+        .flatten()
     }
 
     fn displace(&'static self) {
-        self.with(|cache| cache.displaced.set(true));
+        let _ = self.try_with(|cache| cache.displaced.set(true));
     }
 }
 
@@ -474,8 +487,8 @@ impl<T: 'static> Listed for LocalKey<Cache<T>> {
 /// thread): a `thread_local!` key is a constant, so its address may differ
 /// where it is named; the object it leads to does not.
 pub(crate) fn same_cache<T: 'static>(a: &'static LocalKey<Cache<T>>, b: &'static LocalKey<Cache<T>>) -> bool {
-    let address = |key: &'static LocalKey<Cache<T>>| key.with(|cache| std::ptr::from_ref(cache) as usize);
-    address(a) == address(b)
+    let address = |key: &'static LocalKey<Cache<T>>| key.try_with(|cache| std::ptr::from_ref(cache) as usize).ok();
+    matches!((address(a), address(b)), (Some(a), Some(b)) if a == b)
 }
 
 /// Stores `entry` in `key`'s cache and lists it. `false` if the cache is
@@ -542,8 +555,9 @@ pub(crate) fn read<T: 'static, R, F: FnOnce(&T) -> R>(
 ) -> Result<R, F> {
     let generation = generation();
     let mut op = Some(op);
-    // `try_with`, though a cache is always there: with `with` (and its
-    // panic branch) `with(len)` and `set` took 2 ns longer in the benches.
+    // `try_with`, though a cache is always there (it has no destructor):
+    // with `with` (and its panic branch) `with(len)` and `set` took 2 ns
+    // longer in the benches, and a switch after reads 10 ns.
     let done = key.try_with(|cache| {
         // Declared first, so dropped after the borrow of the entry ends
         // (also when `op` panics).
@@ -716,7 +730,7 @@ impl<T: 'static> Stale<T> {
         // Dropped by `read` after its borrow of the entry ends: the entry may
         // still be lent to an enclosing closure, then it stays listed. A
         // stale entry is never dirty (see `settle`).
-        let stale = self.key.with(|cache| {
+        let stale = self.key.try_with(|cache| {
             let mut entry = cache.entry.try_borrow_mut().ok()?;
             if entry.as_ref().is_some_and(|entry| entry.generation != generation()) {
                 cache.forget_word();
@@ -725,6 +739,6 @@ impl<T: 'static> Stale<T> {
                 None
             }
         });
-        drop_each(stale);
+        drop_each(stale.ok().flatten());
     }
 }
